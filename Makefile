@@ -1,0 +1,51 @@
+# alframe: every target installs what it needs into a project-local .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.alframe-installed
+ARGS   ?=
+# Keep BLAS/torch to the cores we have; override e.g. `make test THREADS=8`.
+THREADS ?= 2
+export OMP_NUM_THREADS ?= $(THREADS)
+
+.PHONY: help install run test test-all sweep report bench ui lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install alframe with its dependencies (idempotent)
+
+run: $(STAMP)  ## run the default experiment (digits, small CNN, entropy); extra overrides: ARGS="strategy=margin"
+	$(BIN)/alframe $(ARGS)
+
+test: $(STAMP)  ## fast test suite (no `slow` tests)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: $(STAMP)  ## full test suite, `slow` tests included
+	$(BIN)/python -m pytest $(ARGS)
+
+sweep: $(STAMP)  ## a small real sweep: 2 strategies x 2 seeds on digits
+	$(BIN)/alframe -m strategy=random,entropy seed=0,1 loop.rounds=5 $(ARGS)
+
+report: $(STAMP)  ## budget-curve report over an MLflow experiment: ARGS="--experiment NAME"
+	$(BIN)/alframe-report $(ARGS)
+
+bench: $(STAMP)  ## speed and memory benchmarks (prints ratios; see README)
+	$(BIN)/python -m benchmarks $(ARGS)
+
+ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check alframe tests benchmarks
+
+clean:  ## remove outputs and caches (keeps .venv)
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

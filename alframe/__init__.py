@@ -1,0 +1,8 @@
+"""alframe: deep active-learning experiments from configuration.
+
+Hydra configs choose the dataset, model, query strategy, oracle and loop settings; a PyTorch
+Lightning loop trains a fresh model each round, scores the pool, queries the most informative
+samples, asks the oracle for their labels and logs every round to MLflow.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,201 @@
+"""Core data types shared by every dataset loader.
+
+An experiment's data is an :class:`ALData`: a *train source* whose samples form the pool and
+the labelled set (absolute indices ``0..N-1``), validation indices held out of that source,
+and a separate test set. Labels of the train source are kept in ``targets`` for the simulated
+(stored) oracle only; training reads labels from the pool state through :class:`LabelledView`,
+so the only way a label reaches the model is through an oracle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images: ``x: [N, C, H, W] float32`` and ``y: [N] int64`` (-1 = unknown).
+
+    Supports batched fetching (``__getitems__``), so a DataLoader over it costs one tensor
+    index per batch instead of one Python call per sample.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | np.ndarray | None = None):
+        if x.ndim != 4:
+            raise ValueError(f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
+        self.x = x.contiguous()
+        if y is None:
+            y = torch.full((len(x),), -1, dtype=torch.long)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        if len(self.y) != len(self.x):
+            raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+    def get_batch(self, idx: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` for absolute indices ``idx`` (no labels)."""
+        return self.x[torch.as_tensor(np.asarray(idx), dtype=torch.long)]
+
+    def __getitems__(self, idx: Sequence[int]):
+        t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return [(self.x[t], self.y[t])]
+
+
+def _collate_batched(batch):
+    """Collate for datasets with ``__getitems__`` returning one pre-stacked batch."""
+    if len(batch) == 1 and isinstance(batch[0], tuple) and isinstance(batch[0][0], torch.Tensor) \
+            and batch[0][0].ndim == 4:
+        return batch[0]
+    return torch.utils.data.default_collate(batch)
+
+
+class LabelledView(Dataset):
+    """The labelled set as a training dataset: images from ``base``, labels from the oracle.
+
+    Args:
+        base: the train source; its own targets are ignored.
+        idx: ``[L] int`` absolute indices of labelled samples.
+        labels: ``[L] int`` labels the oracle gave for ``idx``.
+        transform: optional augmentation applied per sample to training images only.
+    """
+
+    def __init__(self, base: Dataset, idx: np.ndarray, labels: np.ndarray,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        idx = np.asarray(idx, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        if idx.shape != labels.shape:
+            raise ValueError(f"{len(idx)} indices but {len(labels)} labels")
+        if (labels < 0).any():
+            raise ValueError("LabelledView got unknown (-1) labels: only oracle labels may be used")
+        self.base, self.idx, self.labels, self.transform = base, idx, torch.as_tensor(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, j: int):
+        x = _image(self.base, int(self.idx[j]))
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[j]
+
+    def __getitems__(self, js: Sequence[int]):
+        if self.transform is None and hasattr(self.base, "get_batch"):
+            js = np.asarray(js, dtype=np.int64)
+            return [(self.base.get_batch(self.idx[js]), self.labels[torch.as_tensor(js)])]
+        return [self[j] for j in js]
+
+
+class IndexedImages(Dataset):
+    """Images of ``base`` at ``idx`` with the labels ``base`` stores (validation/test only)."""
+
+    def __init__(self, base: Dataset, idx: np.ndarray | None = None):
+        self.base = base
+        self.idx = np.arange(len(base)) if idx is None else np.asarray(idx, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, j: int):
+        return self.base[int(self.idx[j])]
+
+    def __getitems__(self, js: Sequence[int]):
+        if hasattr(self.base, "__getitems__"):
+            return self.base.__getitems__(self.idx[np.asarray(js, dtype=np.int64)].tolist())
+        return [self[j] for j in js]
+
+
+def _image(ds: Dataset, i: int) -> torch.Tensor:
+    item = ds[i]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """DataLoader that uses batched fetching where the dataset supports it."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                                       num_workers=num_workers, collate_fn=_collate_batched)
+
+
+@dataclass
+class ALData:
+    """Everything the loop needs to know about an experiment's data.
+
+    Attributes:
+        name: dataset name (logged as a tag).
+        train: train source; ``train[i] -> (image [C, H, W] float, target)``, absolute
+            indices ``0..N-1`` are the pool/labelled/validation samples.
+        test: fixed test set ``(image, label)``; never part of the pool.
+        val_idx: ``[V] int`` indices of ``train`` held out for validation (never queried).
+        num_classes: number of classes C.
+        class_names: ``[C]`` display names.
+        input_shape: ``(C, H, W)`` of one image as the model sees it.
+        targets: ``[N] int`` stored labels of ``train`` (-1 unknown); read only by the stored
+            oracles and by class-balanced initial sampling in simulations; None when the
+            data set has no labels (a real annotation job).
+        train_transform: augmentation for labelled training batches only (never used for
+            pool scoring or evaluation).
+        fingerprint: identifies the data (name, sizes, split); saved with the pool state.
+    """
+
+    name: str
+    train: Dataset
+    test: Dataset
+    val_idx: np.ndarray
+    num_classes: int
+    class_names: list[str]
+    input_shape: tuple[int, int, int]
+    targets: np.ndarray | None = None
+    train_transform: Callable | None = None
+    fingerprint: str = ""
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.val_idx = np.asarray(self.val_idx, dtype=np.int64)
+        if not self.fingerprint:
+            h = hashlib.sha1()
+            h.update(f"{self.name}|{len(self.train)}|{len(self.test)}|{self.num_classes}".encode())
+            h.update(np.sort(self.val_idx).tobytes())
+            if self.targets is not None:
+                h.update(np.asarray(self.targets, dtype=np.int64).tobytes())
+            self.fingerprint = h.hexdigest()[:16]
+
+    @property
+    def n_train(self) -> int:
+        """Number of samples in the train source (pool + labelled + validation)."""
+        return len(self.train)
+
+    def validation_set(self) -> Dataset:
+        """Validation images with their stored labels (a labelled hold-out, like the test set)."""
+        return IndexedImages(self.train, self.val_idx)
+
+
+def stratified_split(y: np.ndarray, test_size: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified split of ``arange(len(y))`` (scikit-learn).
+
+    Args:
+        y: ``[N] int`` class labels.
+        test_size: number of samples (int) or fraction (float in (0, 1)) for the second part.
+        seed: random seed.
+
+    Returns:
+        ``(keep_idx, split_idx)`` sorted absolute indices.
+
+    Raises:
+        ValueError: a split size that scikit-learn rejects (e.g. fewer samples than classes).
+    """
+    idx = np.arange(len(y))
+    if not test_size:
+        return idx, np.empty(0, dtype=np.int64)
+    keep, split = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
+    return np.sort(keep), np.sort(split)

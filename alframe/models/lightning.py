@@ -1,0 +1,54 @@
+"""LightningModule that trains any :class:`~alframe.models.base.ALNet` as a classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from alframe.models.base import ALNet
+
+
+class ALClassifier(pl.LightningModule):
+    """Cross-entropy training of an ALNet with a configurable optimiser.
+
+    Args:
+        net: the network (trunk + head).
+        optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_`` optimiser).
+        scheduler: optional ``optimizer -> LRScheduler``.
+
+    Logs ``val_accuracy`` and ``val_loss`` per epoch when a validation loader is given (the
+    early-stopping monitor).
+    """
+
+    def __init__(self, net: ALNet, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable | None = None):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_acc = MulticlassAccuracy(num_classes=net.num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]``."""
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.val_acc.update(logits, y)
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        self.log("val_accuracy", self.val_acc, on_epoch=True, batch_size=len(y))
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.net.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": self.scheduler_factory(opt)}

@@ -1,0 +1,7 @@
+"""Query strategies (acquisition functions). Hydra's ``_target_`` is the registry:
+``conf/strategy/<name>.yaml`` points at one class here."""
+
+from alframe.strategies.base import QueryStrategy, ScoreStrategy, top_k
+from alframe.strategies.uncertainty import Entropy, LeastConfidence, Margin, RandomSampling
+
+__all__ = ["QueryStrategy", "ScoreStrategy", "top_k", "RandomSampling", "LeastConfidence", "Margin", "Entropy"]

@@ -1,0 +1,88 @@
+"""Query-strategy contract and the shared top-k selection.
+
+A strategy receives the model outputs for the candidate pool samples, the pool state (for
+the labelled set's indices; never pool labels), the number of samples ``k`` to query and a
+seeded random generator, and returns ``min(k, M)`` unique absolute indices from the candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alframe.inference import ModelOutputs
+from alframe.state import PoolState
+
+
+class QueryStrategy:
+    """Base class of every acquisition function.
+
+    Class attributes:
+        requires: model outputs the strategy reads (see :mod:`alframe.inference`).
+
+    Args:
+        name: display name (logged as the ``strategy`` tag); defaults to the class name.
+    """
+
+    requires: frozenset[str] = frozenset()
+    mc_samples: int = 0
+
+    def __init__(self, name: str | None = None):
+        self.name = name or type(self).__name__.lower()
+
+    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Pick ``min(k, M)`` samples to label.
+
+        Args:
+            outputs: model outputs over the candidates ``outputs.idx`` (``[M]``, all in the pool).
+            state: pool state (read-only).
+            k: query (acquisition) batch size, >= 1.
+            rng: seeded generator for any randomness.
+
+        Returns:
+            ``[min(k, M)] int64`` unique absolute indices taken from ``outputs.idx``.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class ScoreStrategy(QueryStrategy):
+    """A strategy that scores each candidate independently; the top ``k`` scores are queried.
+
+    Subclasses implement :meth:`score` (higher = more informative). Ties are broken
+    deterministically by the smaller absolute index.
+    """
+
+    def score(self, outputs: ModelOutputs) -> np.ndarray:
+        """Informativeness ``[M] float`` of each candidate (higher is queried first)."""
+        raise NotImplementedError
+
+    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+        scores = np.asarray(self.score(outputs), dtype=np.float64)
+        return top_k(scores, outputs.idx, k)
+
+
+def top_k(scores: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    """The ``min(k, M)`` indices with the highest scores, ties broken by the smaller index.
+
+    Args:
+        scores: ``[M] float``, finite.
+        idx: ``[M] int`` absolute indices aligned with ``scores``.
+        k: number to return (>= 1).
+
+    Raises:
+        ValueError: ``k < 1``, misaligned inputs or non-finite scores (NaN would make the
+            order meaningless).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if k < 1:
+        raise ValueError(f"query size k must be >= 1, got {k}")
+    if scores.shape != idx.shape:
+        raise ValueError(f"{len(scores)} scores for {len(idx)} candidates")
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise ValueError(f"non-finite acquisition scores for indices {idx[bad][:10].tolist()}")
+    order = np.lexsort((idx, -scores))
+    return idx[order[: min(k, len(idx))]]

@@ -1,0 +1,140 @@
+"""MLflow run lifecycle and per-round logging (through ``mlflow.MlflowClient``).
+
+Conventions: one MLflow run per experiment job; per-round metrics are logged with
+``step = number of labelled samples``, so MLflow's metric charts are budget curves.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_PARAM_LEN = 6000
+
+
+def default_tracking_uri(output_root: str | Path) -> str:
+    """``sqlite:///<abs output_root>/mlflow.db``: a real database file, no server needed."""
+    return f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
+
+
+def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
+    """Retry ``fn`` on transient store errors (SQLite 'database is locked' under parallel jobs)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - the store raises several types for one cause
+            msg = str(e).lower()
+            transient = "locked" in msg or "busy" in msg or "unique constraint" in msg
+            if not transient or attempt == attempts - 1:
+                raise
+            wait = 0.2 * (2 ** attempt) * (1 + random.random())
+            log.debug("MLflow %s failed (%s); retrying in %.2fs", what, e, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """Experiment id for ``name``, creating it if needed; safe when jobs race to create it."""
+
+    def attempt() -> str:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or pick another "
+                                 "mlflow.experiment_name")
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as e:
+            exp = client.get_experiment_by_name(name)  # another job created it first
+            if exp is None:
+                raise e
+            return exp.experiment_id
+
+    return _retry(attempt, "get_or_create_experiment")
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested mapping to ``{"a.b.c": "value"}`` with string values (MLflow params)."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LEN]
+    return out
+
+
+class Tracker:
+    """One MLflow run of an experiment job.
+
+    Args:
+        tracking_uri: MLflow tracking URI (``sqlite:///...``, ``file:...`` or a server URL).
+        experiment_name: MLflow experiment; created when missing.
+        run_id: an existing run to continue (resume), or None to create a new one.
+        run_name: display name of a new run.
+        tags: tags of a new run (strategy, dataset, model, seed, sweep_id, ...).
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None,
+                 run_name: str | None = None, tags: Mapping[str, str] | None = None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri[len("sqlite:///"):])
+            artifact_location = (db.parent / "mlartifacts" / experiment_name).resolve().as_uri()
+        self.experiment_id = get_or_create_experiment(self.client, experiment_name, artifact_location)
+        if run_id is not None:
+            run = self.client.get_run(run_id)
+            if run.info.experiment_id != self.experiment_id:
+                raise ValueError(f"MLflow run {run_id} belongs to experiment {run.info.experiment_id}, "
+                                 f"not to {experiment_name!r}")
+            _retry(lambda: self.client.update_run(run_id, status="RUNNING"), "update_run")
+            self.run_id = run_id
+        else:
+            tag_list = {k: str(v) for k, v in (tags or {}).items()}
+            run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tag_list),
+                         "create_run")
+            self.run_id = run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (strings), 100 per request (MLflow's batch limit)."""
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            _retry(lambda chunk=items[i:i + 100]: self.client.log_batch(self.run_id, params=chunk), "log_params")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set run tags."""
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, tags=items), "set_tags")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log metrics at ``step`` (for per-round metrics: the number of labelled samples)."""
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items() if v is not None]
+        if items:
+            _retry(lambda: self.client.log_batch(self.run_id, metrics=items), "log_metrics")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a local file as a run artifact."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def metric_history(self, key: str) -> list[Metric]:
+        """All values logged for ``key``, ordered by step."""
+        return sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
