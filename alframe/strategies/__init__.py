@@ -2,6 +2,8 @@
 ``conf/strategy/<name>.yaml`` points at one class here."""
 
 from alframe.strategies.base import QueryStrategy, ScoreStrategy, top_k
+from alframe.strategies.bayesian import BALD, MCEntropy, MeanSTD, VariationRatios
 from alframe.strategies.uncertainty import Entropy, LeastConfidence, Margin, RandomSampling
 
-__all__ = ["QueryStrategy", "ScoreStrategy", "top_k", "RandomSampling", "LeastConfidence", "Margin", "Entropy"]
+__all__ = ["QueryStrategy", "ScoreStrategy", "top_k", "RandomSampling", "LeastConfidence", "Margin", "Entropy",
+           "BALD", "VariationRatios", "MeanSTD", "MCEntropy"]
