@@ -33,7 +33,7 @@ from sklearn.metrics import auc
 
 from alframe import progress
 from alframe.config import ConfigError, config_fingerprint, validate_static, validate_with_data
-from alframe.data.base import ALData, LabelledView, make_loader
+from alframe.data.base import ALData, LabelledView, load_data, make_loader
 from alframe.inference import compute_outputs, evaluate
 from alframe.models.base import ALNet
 from alframe.models.lightning import ALClassifier
@@ -66,6 +66,8 @@ class RunResult:
         status: ``"finished"`` or ``"pending"`` (stopped to wait for labels; resume later).
         final_accuracy: test accuracy of the last evaluated round (NaN if none).
         aubc: area under the budget curve normalised to [0, 1] (NaN if no round evaluated).
+        labels_to_target: number of labels at which ``loop.target_metric`` first reached
+            ``loop.target_accuracy`` (NaN when not reached or no target is set).
     """
 
     run_dir: Path
@@ -76,6 +78,30 @@ class RunResult:
     status: str = "finished"
     final_accuracy: float = float("nan")
     aubc: float = float("nan")
+    labels_to_target: float = float("nan")
+
+
+TARGET_METRICS = ("test_accuracy", "val_accuracy")
+
+
+def labels_to_target(history: list[dict], target: float | None, metric: str = "test_accuracy") -> float:
+    """Number of labels of the first evaluated round whose ``metric`` is >= ``target``.
+
+    Args:
+        history: evaluated rounds in order, dicts with ``n_labelled`` and ``metric``.
+        target: accuracy in (0, 1], or None.
+        metric: ``test_accuracy`` or ``val_accuracy``.
+
+    Returns:
+        The number of labels, or NaN when ``target`` is None or never reached.
+    """
+    if target is None:
+        return float("nan")
+    for h in history:
+        v = h.get(metric)
+        if v is not None and v >= float(target):
+            return float(h["n_labelled"])
+    return float("nan")
 
 
 def aubc(n_labels: np.ndarray, accuracy: np.ndarray) -> float:
@@ -103,7 +129,11 @@ def seed_for(seed: int, round: int) -> int:
 
 # --------------------------------------------------------------------------- run directory / resume
 def find_resumable(output_root: Path, fingerprint: str) -> Path | None:
-    """Newest unfinished run dir under ``output_root`` whose state matches ``fingerprint``."""
+    """Newest run dir under ``output_root`` whose saved state matches ``fingerprint``.
+
+    A finished run qualifies too: resuming it with a larger ``loop.rounds`` or ``loop.budget``
+    continues it; with the same limits there is nothing left to do.
+    """
     import json
 
     best: tuple[float, Path] | None = None
@@ -112,7 +142,7 @@ def find_resumable(output_root: Path, fingerprint: str) -> Path | None:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             continue
-        if meta.get("config_fingerprint") == fingerprint and not meta.get("finished"):
+        if meta.get("config_fingerprint") == fingerprint:
             mtime = meta_path.stat().st_mtime
             if best is None or mtime > best[0]:
                 best = (mtime, meta_path.parent)
@@ -122,7 +152,7 @@ def find_resumable(output_root: Path, fingerprint: str) -> Path | None:
 def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprint: str) -> tuple[Path, bool]:
     """Where this job's state lives, and whether it resumes a saved state.
 
-    ``loop.resume=false`` uses ``job_dir``; ``true`` continues the newest unfinished run
+    ``loop.resume=false`` uses ``job_dir``; ``true`` continues the newest run
     with the same config under ``paths.output_root`` (or starts fresh if there is none); a
     path continues the run saved there.
 
@@ -135,7 +165,7 @@ def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprint: str) -> tuple[P
     if resume is True or str(resume).lower() == "true":
         found = find_resumable(Path(cfg.paths.output_root), fingerprint)
         if found is None:
-            progress.console.print("[yellow]loop.resume=true: no unfinished run with this config under "
+            progress.console.print("[yellow]loop.resume=true: no saved run with this config under "
                                    f"{cfg.paths.output_root}; starting a new run[/yellow]")
             return job_dir, False
         return found, True
@@ -185,15 +215,23 @@ def device_of(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Path) -> ALNet:
-    """Train a fresh network on the labelled set of ``state`` (labels from the oracle only)."""
+def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Path,
+        pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> ALNet:
+    """Train a fresh network on the labelled set of ``state`` (labels from the oracle only).
+
+    Args:
+        pseudo: optional ``(idx [P] int, labels [P] int)`` pseudo-labelled pool samples
+            (CEAL) added to this round's training set only; never written to ``state``.
+    """
     seed = seed_for(int(cfg.seed), round)
     pl.seed_everything(seed, verbose=False)
     net = build_net(cfg, data)
     module = ALClassifier(net, instantiate(cfg.model.optimizer),
                           instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None)
-    idx = state.labelled_idx
-    train_ds = LabelledView(data.train, idx, state.labels[idx], data.train_transform)
+    idx, y = state.labelled_idx, state.labels[state.labelled_idx]
+    if pseudo is not None and len(pseudo[0]):
+        idx, y = np.concatenate([idx, pseudo[0]]), np.concatenate([y, pseudo[1]])
+    train_ds = LabelledView(data.train, idx, y, data.train_transform)
     bs = int(cfg.model.batch_size)
     train_loader = make_loader(train_ds, batch_size=bs, shuffle=True, seed=seed)
     has_val = len(data.val_idx) > 0
@@ -276,7 +314,7 @@ class Experiment:
     def __init__(self, cfg: DictConfig, job_dir: Path, sweep_id: str | None = None):
         validate_static(cfg)
         self.cfg, self.sweep_id = cfg, sweep_id
-        self.data: ALData = instantiate(cfg.dataset)
+        self.data: ALData = load_data(cfg.dataset)
         self.strategy: QueryStrategy = instantiate(cfg.strategy)
         if not isinstance(self.strategy, QueryStrategy):
             raise ConfigError(f"strategy._target_={cfg.strategy._target_!r} is not an alframe QueryStrategy")
@@ -295,12 +333,36 @@ class Experiment:
             })
         validate_with_data(cfg, self.state.n_pool + self.state.n_labelled, self.data.num_classes,
                            self.data.targets is not None)
+        self._check_target()
+        threshold = cfg.loop.get("pseudo_label_threshold")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0.0 < float(threshold) <= 1.0):
+            raise ConfigError(f"loop.pseudo_label_threshold={threshold!r} is invalid: must be a confidence "
+                              "in (0, 1] (e.g. 0.99) or null to turn pseudo-labelling off")
         self.resuming = resuming
 
     # ------------------------------------------------------------------ helpers
     @property
     def meta(self) -> dict:
         return self.state.meta
+
+    def _check_target(self) -> None:
+        """Validate ``loop.target_accuracy`` / ``loop.target_metric`` before any training."""
+        loop = self.cfg.loop
+        target, metric = loop.get("target_accuracy"), loop.get("target_metric", "test_accuracy")
+        if target is None:
+            return
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
+            raise ConfigError(f"loop.target_accuracy={target!r} is invalid: must be an accuracy in (0, 1] or null")
+        if metric not in TARGET_METRICS:
+            raise ConfigError(f"loop.target_metric={metric!r} is invalid: must be one of {list(TARGET_METRICS)}")
+        if metric == "val_accuracy" and len(self.data.val_idx) == 0:
+            raise ConfigError("loop.target_metric=val_accuracy needs a validation split, but dataset "
+                              f"{self.data.name!r} has none: set dataset.val_size > 0 or use test_accuracy")
+
+    def _target(self) -> tuple[float | None, str]:
+        loop = self.cfg.loop
+        return loop.get("target_accuracy"), str(loop.get("target_metric", "test_accuracy"))
 
     def _save(self) -> None:
         self.state.save(self.run_dir)
@@ -332,7 +394,11 @@ class Experiment:
         if net is not None and len(idx):
             probs = compute_outputs(net, self.data.train, idx, {"probs"}, device=self.device).probs
             confidence, predicted = (t.numpy() for t in probs.max(dim=1))
-        self.meta["pending_request"] = {"round": round, "idx": [int(i) for i in idx]}
+        # Labels and seconds received for this round so far (a batch may take several sessions).
+        prev = self.meta.get("pending_request") or {}
+        tally = prev.get("tally") if prev.get("round") == round and prev.get("tally") else \
+            {"received": 0, "seconds": []}
+        self.meta["pending_request"] = {"round": round, "idx": [int(i) for i in idx], "tally": tally}
         self._save()
         with progress.paused(self.oracle.interactive):
             result = self.oracle.label(LabelRequest(round=round, idx=idx, predicted=predicted,
@@ -342,19 +408,25 @@ class Experiment:
             raise RuntimeError(f"oracle {type(self.oracle).__name__} labelled indices that were not requested: "
                                f"{sorted(set(int(i) for i in result.idx) - requested)[:10]}")
         self.state.label(result.idx, result.labels, round, num_classes=self.data.num_classes)
-        metrics = {"labels_received": float(len(result.idx))}
-        if result.seconds is not None and len(result.seconds):
-            metrics["label_seconds"] = float(np.mean(result.seconds))
-        metrics.update(result.info)
+        tally["received"] += int(len(result.idx))
+        if result.seconds is not None:
+            tally["seconds"] += [float(t) for t in result.seconds]
         if result.pending:
             left = [i for i in idx if self.state.labelled_round[i] < 0]
-            self.meta["pending_request"] = {"round": round, "idx": [int(i) for i in left]}
-        else:
-            self.meta["pending_request"] = None
-            self.meta["round"] = round
+            self.meta["pending_request"] = {"round": round, "idx": [int(i) for i in left], "tally": tally}
+            self._save()
+            return False
+        self.meta["pending_request"] = None
+        self.meta["round"] = round
         self._save()
+        # Per-round budget and cost: labels received (skips excluded), a person's seconds per label.
+        metrics = {"labels_received": float(tally["received"])}
+        if tally["seconds"]:
+            metrics["label_seconds"] = float(np.mean(tally["seconds"]))
+            metrics["label_seconds_total"] = float(np.sum(tally["seconds"]))
+        metrics.update(result.info)
         tracker.log_metrics(metrics, step=self.state.n_labelled)
-        return not result.pending
+        return True
 
     def _stop_reason(self) -> str | None:
         loop, s = self.cfg.loop, self.state
@@ -364,6 +436,10 @@ class Experiment:
             return f"budget of {loop.budget} labels spent"
         if s.n_pool == 0:
             return "the pool is empty"
+        target, metric = self._target()
+        reached = labels_to_target(self.meta["history"], target, metric)
+        if not np.isnan(reached):
+            return f"{metric} reached loop.target_accuracy={target} at {int(reached)} labels"
         return None
 
     def _load_net(self) -> ALNet | None:
@@ -425,9 +501,10 @@ class Experiment:
     def _train_and_log(self, r: int, tracker: Tracker, table: progress.RoundTable,
                        log_metrics: bool = True) -> ALNet:
         state = self.state
+        pseudo, pseudo_info = self._pseudo_labels(r) if log_metrics else (None, {})
         with progress.status(f"round {r}: training on {state.n_labelled} labels"):
             t0 = time.perf_counter()
-            net = fit(self.cfg, self.data, state, r, self.run_dir)
+            net = fit(self.cfg, self.data, state, r, self.run_dir, pseudo=pseudo)
             train_s = time.perf_counter() - t0
             test = evaluate(net, self.data.test, int(self.cfg.loop.eval_batch_size), self.device)
             val = evaluate(net, self.data.validation_set(), int(self.cfg.loop.eval_batch_size), self.device) \
@@ -441,12 +518,44 @@ class Experiment:
                "test_loss": test["loss"], "train_seconds": train_s}
         if val is not None:
             row["val_accuracy"] = val["accuracy"]
+        row.update(pseudo_info)
         tracker.log_metrics({k: v for k, v in row.items()}, step=state.n_labelled)
         self.meta["history"].append(row)
         self.meta["evaluated_round"] = r
         self._save()
         table.add(row)
         return net
+
+    def _pseudo_labels(self, r: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, float]]:
+        """CEAL pseudo-labels for round ``r`` (Wang et al. 2017, "Cost-Effective Active Learning
+        for Deep Image Classification").
+
+        Pool samples whose class probability under the previous round's model is at least
+        ``loop.pseudo_label_threshold`` join round ``r``'s training set with the predicted class.
+        They are recomputed every round, never written to the pool state and never counted
+        in the budget.
+
+        Returns:
+            ``((idx [P], labels [P]) or None, metrics)``; metrics hold ``pseudo_labels`` (P)
+            and, when the dataset stores true labels, ``pseudo_label_accuracy``.
+        """
+        threshold = self.cfg.loop.get("pseudo_label_threshold")
+        if threshold is None or r == 0:
+            return None, {}
+        prev = self._load_net()  # still the model of round r - 1 at this point
+        pool = self.state.pool_idx
+        if prev is None or len(pool) == 0:
+            return None, {"pseudo_labels": 0.0}
+        probs = compute_outputs(prev, self.data.train, pool, {"probs"},
+                                batch_size=int(self.cfg.loop.eval_batch_size), device=self.device).probs
+        conf, pred = (t.numpy() for t in probs.max(dim=1))
+        keep = conf >= float(threshold)
+        idx, y = pool[keep], pred[keep].astype(np.int64)
+        info = {"pseudo_labels": float(len(idx))}
+        if self.data.targets is not None and len(idx):
+            info["pseudo_label_accuracy"] = float((np.asarray(self.data.targets)[idx] == y).mean())
+        del prev
+        return (idx, y), info
 
     def _query(self, r: int, net: ALNet, tracker: Tracker) -> bool:
         cfg, state = self.cfg, self.state
@@ -486,8 +595,15 @@ class Experiment:
             tracker.log_artifact(plot)
         tracker.log_artifact(self.run_dir / "queries.csv")
         if status == "finished":
-            tracker.log_metrics({"final_accuracy": result.final_accuracy, "aubc": result.aubc,
-                                 "final_n_labelled": float(self.state.n_labelled)}, step=self.state.n_labelled)
+            summary = {"final_accuracy": result.final_accuracy, "aubc": result.aubc,
+                       "final_n_labelled": float(self.state.n_labelled)}
+            target, metric = self._target()
+            if target is not None:
+                result.labels_to_target = labels_to_target(history, target, metric)
+                summary["target_reached"] = float(not np.isnan(result.labels_to_target))
+                if summary["target_reached"]:
+                    summary["labels_to_target"] = result.labels_to_target
+            tracker.log_metrics(summary, step=self.state.n_labelled)
             labelled = self.run_dir / "labelled_set.npz"
             np.savez(labelled, idx=self.state.labelled_idx, labels=self.state.labels[self.state.labelled_idx],
                      round=self.state.labelled_round[self.state.labelled_idx])
@@ -524,4 +640,4 @@ def run_experiment(cfg: DictConfig, job_dir: str | Path, sweep_id: str | None = 
     return Experiment(cfg, Path(job_dir), sweep_id=sweep_id).run()
 
 
-__all__ = ["Experiment", "RunResult", "run_experiment", "aubc", "ConfigError", "StateMismatchError"]
+__all__ = ["Experiment", "RunResult", "run_experiment", "aubc", "labels_to_target", "ConfigError", "StateMismatchError"]

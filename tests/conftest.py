@@ -1,0 +1,47 @@
+"""Shared fixtures: compose alframe's Hydra config against a temporary output root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO / "conf")
+
+#: overrides that make an experiment small enough for the fast suite
+FAST = ["trainer.max_epochs=5", "loop.initial_size=20", "loop.query_size=10", "loop.rounds=2"]
+
+
+def compose(overrides: list[str], out: Path):
+    """The composed alframe config with outputs and the MLflow store under ``out``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[
+            f"paths.output_root={out}", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", *overrides])
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(*overrides)`` -> composed config writing under ``tmp_path``."""
+    def _make(*overrides: str):
+        return compose(list(overrides), tmp_path)
+    return _make
+
+
+@pytest.fixture
+def run(tmp_path):
+    """``run(*overrides, job="a")`` runs one experiment job and returns its RunResult."""
+    from alframe.loop import run_experiment
+
+    def _run(*overrides: str, job: str = "job"):
+        cfg = compose([*FAST, *overrides], tmp_path)
+        return run_experiment(cfg, tmp_path / "runs" / job)
+    return _run
