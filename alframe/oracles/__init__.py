@@ -1,6 +1,15 @@
-"""Oracles: where labels come from (stored labels, noisy annotators, people, other tools)."""
+"""Oracles: where labels come from (stored labels, noisy annotators, people, other tools).
 
-from alframe.oracles.base import LabelRequest, LabelResult, Oracle
+``oracle=stored`` (simulation), ``noisy`` (simulated annotator errors), ``terminal`` and
+``web`` (a person labels; answers saved at once), ``files`` (hand-off to Label Studio or a
+spreadsheet; imported on resume). The web oracle lives in :mod:`alframe.oracles.web`.
+"""
+
+from alframe.oracles.base import LabelRequest, LabelResult, Oracle, parse_label
+from alframe.oracles.files import FilesOracle, LabelImportError
+from alframe.oracles.noisy import NoisyOracle
 from alframe.oracles.stored import StoredOracle
+from alframe.oracles.terminal import TerminalOracle
 
-__all__ = ["Oracle", "LabelRequest", "LabelResult", "StoredOracle"]
+__all__ = ["Oracle", "LabelRequest", "LabelResult", "parse_label", "StoredOracle", "NoisyOracle",
+           "TerminalOracle", "FilesOracle", "LabelImportError"]

@@ -71,3 +71,37 @@ class Oracle:
 
     def close(self) -> None:
         """Release resources (servers, files); called when the run ends or stops."""
+
+
+def parse_label(value: str | int, class_names: list[str]) -> int:
+    """A class given by a person or a file, as a class number in ``[0, C)``.
+
+    ``value`` may be a class name (exact, then case-insensitive) or a class number. A name
+    wins over a number when both would match (class ``"7"`` at position 3 is class 3).
+
+    Args:
+        value: the text (or int) given.
+        class_names: ``[C]`` the dataset's class names.
+
+    Raises:
+        ValueError: naming the value and the allowed class names/numbers.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        text = str(int(value))
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        raise ValueError(f"label {value!r} must be a class name or number")
+    if text in class_names:
+        return class_names.index(text)
+    lowered = [c.lower() for c in class_names]
+    if text.lower() in lowered and lowered.count(text.lower()) == 1:
+        return lowered.index(text.lower())
+    if text.lstrip("-").isdigit():
+        n = int(text)
+        if 0 <= n < len(class_names):
+            return n
+    shown = ", ".join(f"{k}={c}" for k, c in enumerate(class_names)) if len(class_names) <= 30 \
+        else ", ".join(class_names[:30]) + ", ..."
+    raise ValueError(f"unknown class {text!r}: allowed are the class names or numbers 0..{len(class_names) - 1} "
+                     f"({shown})")
