@@ -18,6 +18,16 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
+from alframe.config import ConfigError
+
+
+class DatasetError(ConfigError):
+    """Data cannot be loaded: files missing (and not downloadable), unreadable or corrupt.
+
+    A :class:`~alframe.config.ConfigError`, so the ``alframe`` command prints the message
+    (which names the folder, the expected files and how to get them) without a stack trace.
+    """
+
 
 class TensorImageDataset(Dataset):
     """In-memory images: ``x: [N, C, H, W] float32`` and ``y: [N] int64`` (-1 = unknown).
@@ -199,3 +209,34 @@ def stratified_split(y: np.ndarray, test_size: int | float, seed: int) -> tuple[
         return idx, np.empty(0, dtype=np.int64)
     keep, split = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
     return np.sort(keep), np.sort(split)
+
+
+def load_data(dataset_cfg) -> ALData:
+    """Instantiate ``cfg.dataset`` (Hydra) into an :class:`ALData`.
+
+    A :class:`DatasetError` (or other :class:`~alframe.config.ConfigError`) raised by the loader
+    is re-raised as itself rather than wrapped in Hydra's ``InstantiationException``, so the
+    command line shows its message (files, folder, how to get them) without a stack trace.
+
+    Raises:
+        DatasetError: the loader could not load the data.
+        ConfigError: ``dataset._target_`` does not return an ALData.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        data = instantiate(dataset_cfg)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, ConfigError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(e.__cause__, (ValueError, TypeError)):  # bad dataset.* values
+            raise ConfigError(f"dataset ({dataset_cfg.get('_target_')}): {e.__cause__}") from e
+        raise
+    if not isinstance(data, ALData):
+        raise ConfigError(f"dataset._target_={dataset_cfg.get('_target_')!r} must return an alframe ALData, "
+                          f"got {type(data).__name__}")
+    return data

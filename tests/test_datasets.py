@@ -1,0 +1,183 @@
+"""torchvision benchmarks from tiny copies written in the real on-disk formats (no network).
+
+The images are real: scikit-learn's 8x8 digits scaled up to 28x28 (MNIST family) or 32x32 RGB
+(CIFAR, SVHN), written as IDX files, pickled CIFAR batches and SVHN .mat files, then loaded
+through alframe's Hydra config with ``dataset.download=false``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from alframe.data.base import DatasetError, load_data
+
+from .conftest import compose
+
+
+# --------------------------------------------------------------------------- real-format writers
+def digit_images(n: int, size: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` real digits as uint8 ``[n, size, size]`` (8x8 upscaled, padded) and labels ``[n]``."""
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(d.target))[:n]
+    scale = size // 8
+    img = np.kron(d.images[pick], np.ones((scale, scale))) * (255.0 / 16.0)
+    pad = size - 8 * scale
+    img = np.pad(img, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2)))
+    return np.rint(img).astype(np.uint8), d.target[pick].astype(np.uint8)
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """IDX file (LeCun's MNIST format): magic 0x0000080N (ubyte, N dims), big-endian sizes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, arr.ndim))
+        f.write(struct.pack(f">{arr.ndim}I", *arr.shape))
+        f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+
+
+def write_mnist_like(root: Path, folder: str = "MNIST", n_train: int = 120, n_test: int = 40,
+                     prefix: tuple[str, str] = ("train", "t10k"), classes: int = 10) -> dict:
+    """MNIST/Fashion/KMNIST raw layout (or EMNIST's with ``prefix``); returns the arrays."""
+    x, y = digit_images(n_train + n_test)
+    y = y % classes
+    raw = root / folder / "raw"
+    tr, te = prefix
+    write_idx(raw / f"{tr}-images-idx3-ubyte", x[:n_train])
+    write_idx(raw / f"{tr}-labels-idx1-ubyte", y[:n_train])
+    write_idx(raw / f"{te}-images-idx3-ubyte", x[n_train:])
+    write_idx(raw / f"{te}-labels-idx1-ubyte", y[n_train:])
+    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
+
+
+def rgb_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Real digits as 32x32 RGB uint8 ``[n, 32, 32, 3]`` with a per-class tint, labels ``[n]``."""
+    x, y = digit_images(n, size=32, seed=seed)
+    tint = np.stack([np.linspace(0.4, 1.0, 10), np.linspace(1.0, 0.4, 10), np.full(10, 0.7)], axis=1)
+    rgb = x[..., None].astype(np.float64) * tint[y][:, None, None, :]
+    return np.rint(rgb).astype(np.uint8), y.astype(np.int64)
+
+
+def write_cifar(root: Path, hundred: bool = False, n_train: int = 100, n_test: int = 40) -> dict:
+    """CIFAR-10 (5 pickled data batches + test_batch + batches.meta) or CIFAR-100 layout."""
+    x, y = rgb_digits(n_train + n_test)
+    flat = x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # rows of 3072: R plane, G plane, B plane
+
+    def dump(path: Path, obj) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            pickle.dump(obj, f)
+
+    if hundred:
+        base = root / "cifar-100-python"
+        dump(base / "train", {"data": flat[:n_train], "fine_labels": y[:n_train].tolist(),
+                              "coarse_labels": (y[:n_train] // 2).tolist()})
+        dump(base / "test", {"data": flat[n_train:], "fine_labels": y[n_train:].tolist(),
+                             "coarse_labels": (y[n_train:] // 2).tolist()})
+        dump(base / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
+                             "coarse_label_names": [f"coarse{i}" for i in range(20)]})
+    else:
+        base = root / "cifar-10-batches-py"
+        parts = np.array_split(np.arange(n_train), 5)
+        for i, p in enumerate(parts, 1):
+            dump(base / f"data_batch_{i}", {"data": flat[p], "labels": y[p].tolist()})
+        dump(base / "test_batch", {"data": flat[n_train:], "labels": y[n_train:].tolist()})
+        dump(base / "batches.meta", {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                     "frog", "horse", "ship", "truck"]})
+    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
+
+
+def write_svhn(root: Path, n_train: int = 100, n_test: int = 40) -> dict:
+    """SVHN format 2: ``X [32, 32, 3, N] uint8``, ``y [N, 1]`` with label 10 for the digit 0."""
+    from scipy.io import savemat
+
+    x, y = rgb_digits(n_train + n_test, seed=1)
+    root.mkdir(parents=True, exist_ok=True)
+    for fname, sl in (("train_32x32.mat", slice(0, n_train)), ("test_32x32.mat", slice(n_train, None))):
+        yy = y[sl].copy()
+        yy[yy == 0] = 10
+        savemat(root / fname, {"X": x[sl].transpose(1, 2, 3, 0), "y": yy[:, None].astype(np.uint8)})
+    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
+
+
+def load(tmp_path: Path, name: str, root: Path, *overrides: str):
+    cfg = compose([f"dataset={name}", f"dataset.root={root}", "dataset.download=false", *overrides],
+                  tmp_path / "out")
+    return load_data(cfg.dataset)
+
+
+def unnormalise(data, x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(data.extras["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(data.extras["std"]).view(1, -1, 1, 1)
+    return x * std + mean
+
+
+# --------------------------------------------------------------------------- MNIST family
+def test_mnist_loads_idx_files_with_official_test_split_and_validation(tmp_path):
+    arrays = write_mnist_like(tmp_path / "data")
+    data = load(tmp_path, "mnist", tmp_path / "data", "dataset.val_size=20")
+    assert data.name == "mnist" and data.num_classes == 10 and data.class_names == list("0123456789")
+    assert data.input_shape == (1, 28, 28)
+    assert data.n_train == 120 and len(data.test) == 40  # the official test file, not a split of train
+    np.testing.assert_array_equal(data.targets, arrays["y_train"])
+    np.testing.assert_array_equal(data.test.y.numpy(), arrays["y_test"])
+    # Pixels: the file's bytes / 255, normalised with the train source's mean/std.
+    x01 = arrays["x_train"].astype(np.float32) / 255.0
+    assert data.extras["mean"][0] == pytest.approx(x01.mean(), rel=1e-5)
+    assert data.extras["std"][0] == pytest.approx(x01.std(), rel=1e-4)
+    assert float(data.train.x.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(data.train.x.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(unnormalise(data, data.train.x)[:, 0].numpy(), x01, atol=1e-5)
+    np.testing.assert_allclose(unnormalise(data, data.test.x)[:, 0].numpy(),
+                               arrays["x_test"].astype(np.float32) / 255.0, atol=1e-5)
+    # Validation: 20 stratified, seeded indices of the train source; 2 per class here.
+    assert len(data.val_idx) == 20 and len(np.unique(data.val_idx)) == 20
+    assert np.bincount(data.targets[data.val_idx], minlength=10).min() >= 1
+    again = load(tmp_path, "mnist", tmp_path / "data", "dataset.val_size=20")
+    np.testing.assert_array_equal(again.val_idx, data.val_idx)
+    assert again.fingerprint == data.fingerprint
+    other = load(tmp_path, "mnist", tmp_path / "data", "dataset.val_size=20", "dataset.split_seed=5")
+    assert not np.array_equal(other.val_idx, data.val_idx)
+    # Batched fetching: one tensor index per batch.
+    batch = data.train.__getitems__([3, 7, 11])
+    assert len(batch) == 1 and batch[0][0].shape == (3, 1, 28, 28)
+
+
+def test_mnist_subsets_are_stratified_and_unnormalised_option(tmp_path):
+    arrays = write_mnist_like(tmp_path / "data")
+    data = load(tmp_path, "mnist", tmp_path / "data", "dataset.val_size=0", "dataset.train_size=50",
+                "dataset.test_size=20", "dataset.normalize=false")
+    assert data.n_train == 50 and len(data.test) == 20 and len(data.val_idx) == 0
+    # Stratified: each class keeps its share of the 120 source samples (within rounding).
+    expected = np.bincount(arrays["y_train"], minlength=10) * 50 / 120
+    assert np.abs(np.bincount(data.targets, minlength=10) - expected).max() < 1.0
+    assert float(data.train.x.min()) >= 0.0 and float(data.train.x.max()) <= 1.0
+    assert data.extras["mean"] is None
+
+
+def test_missing_files_error_names_files_folder_and_how_to_get_them(tmp_path):
+    with pytest.raises(DatasetError) as e:
+        load(tmp_path, "mnist", tmp_path / "empty")
+    msg = str(e.value)
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in msg
+    assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
+    assert "dataset.download=true" in msg and "dataset.root" in msg
+
+
+def test_missing_files_on_the_command_line_exit_2_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "alframe.cli", "dataset=mnist", f"dataset.root={tmp_path}/x",
+                           "dataset.download=false", f"paths.output_root={tmp_path}/out"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "alframe: error: dataset 'mnist'" in proc.stderr and "train-images-idx3-ubyte" in proc.stderr

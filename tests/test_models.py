@@ -1,0 +1,143 @@
+"""Every model config: shapes for its intended input, embedding size, where the dropout sits,
+MC sampling, and one end-to-end round on tiny real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from alframe.inference import compute_outputs
+from alframe.models.base import ALNet, mc_dropout
+
+from .conftest import REPO, compose
+from .test_datasets import write_mnist_like
+
+MODEL_DIR = REPO / "conf" / "model"
+
+#: model config -> (intended input shape, classes, embedding dim D, trunk deterministic?)
+INTENDED = {
+    "small_cnn": ((1, 28, 28), 10, 128, True),
+    "gal_cnn": ((1, 28, 28), 10, 128, True),
+    "batchbald_cnn": ((1, 28, 28), 10, 128, False),
+}
+
+
+def model_names() -> list[str]:
+    return sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
+
+
+def build(name: str, input_shape, num_classes: int, **params) -> ALNet:
+    cfg = OmegaConf.load(MODEL_DIR / f"{name}.yaml")
+    return instantiate(cfg.net, num_classes=num_classes, input_shape=tuple(input_shape), **params)
+
+
+def test_every_model_config_is_covered_here():
+    assert set(model_names()) == set(INTENDED), "add new model configs to INTENDED"
+    for name in model_names():
+        cfg = OmegaConf.load(MODEL_DIR / f"{name}.yaml")
+        assert cfg.name == name
+        assert {"net", "optimizer", "batch_size"} <= set(cfg)
+        assert cfg.optimizer._partial_ is True
+
+
+@pytest.mark.parametrize("name", sorted(INTENDED))
+def test_forward_shapes_embedding_and_dropout_placement(name):
+    shape, classes, dim, deterministic_trunk = INTENDED[name]
+    torch.manual_seed(0)
+    net = build(name, shape, classes).eval()
+    x = torch.randn(5, *shape)
+    with torch.no_grad():
+        logits, emb = net(x), net.embed(x)
+    assert logits.shape == (5, classes)
+    assert emb.shape == (5, dim) and net.embedding_dim == dim
+    assert net.num_classes == classes
+    assert net.has_dropout
+    assert net.trunk_is_deterministic is deterministic_trunk
+    # The embedding is what the classifier sees: head[-1](embed(x)) == logits.
+    torch.testing.assert_close(net.head[-1](emb), logits)
+    # Classes follow the dataset.
+    with torch.no_grad():
+        assert build(name, shape, 3).eval()(x).shape == (5, 3)
+
+
+@pytest.mark.parametrize("name", sorted(INTENDED))
+def test_mc_dropout_samples_differ_and_deterministic_trunks_stay_fixed(name):
+    shape, classes, _, deterministic_trunk = INTENDED[name]
+    torch.manual_seed(0)
+    net = build(name, shape, classes)
+    x = torch.randn(4, *shape)
+    with torch.no_grad(), mc_dropout(net):
+        h1, h2 = net.trunk(x), net.trunk(x)
+        y1, y2 = net.head(h1), net.head(h1)
+    assert not torch.allclose(y1, y2)  # the head samples dropout masks
+    if deterministic_trunk:
+        torch.testing.assert_close(h1, h2)
+    else:
+        assert not torch.allclose(h1, h2)  # dropout inside the trunk (whole-network sampling)
+    assert net.training  # mc_dropout restored the flags
+    # Through the scoring code: T different samples per input, deterministic probs repeatable.
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(4, dtype=torch.long))
+    out = compute_outputs(net, ds, np.arange(4), {"probs", "mc_probs"}, mc_samples=6, batch_size=3)
+    assert out.mc_probs.shape == (4, 6, classes)
+    assert (out.mc_probs.std(dim=1) > 0).any()
+    torch.testing.assert_close(out.mc_probs.sum(-1), torch.ones(4, 6))
+    again = compute_outputs(net, ds, np.arange(4), {"probs"}, batch_size=3)
+    torch.testing.assert_close(out.probs, again.probs)
+
+
+def test_models_reject_inputs_too_small_with_a_clear_error():
+    from alframe.models.cnn import BatchBALDCNN
+
+    with pytest.raises(ValueError, match="batchbald_cnn.*\\(1, 8, 8\\)"):
+        BatchBALDCNN(10, (1, 8, 8))
+
+
+def test_gal_cnn_matches_the_paper_layout():
+    net = build("gal_cnn", (1, 28, 28), 10)
+    convs = [m for m in net.trunk if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(32, (4, 4)), (32, (4, 4))]
+    assert isinstance(net.head[0], torch.nn.Dropout) and net.head[0].p == 0.25
+    assert net.head[1].in_features == 32 * 11 * 11 and net.head[1].out_features == 128
+    assert [m.p for m in net.head if isinstance(m, torch.nn.Dropout)] == [0.25, 0.5]
+
+
+def test_batchbald_cnn_matches_their_layout():
+    net = build("batchbald_cnn", (1, 28, 28), 10)
+    convs = [m for m in net.trunk if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(32, (5, 5)), (64, (5, 5))]
+    assert sum(isinstance(m, torch.nn.Dropout2d) for m in net.trunk) == 2
+    assert net.head[0].in_features == 1024
+    assert build("batchbald_cnn", (1, 28, 28), 10, conv_dropout=0.0).trunk_is_deterministic
+
+
+# --------------------------------------------------------------------------- end to end
+def tiny_data_overrides(name: str, tmp_path: Path) -> list[str]:
+    """A tiny real dataset at the model's intended input size, loaded through the config."""
+    shape = INTENDED[name][0]
+    if shape == (1, 28, 28):
+        write_mnist_like(tmp_path / "data", n_train=150, n_test=60)
+        return ["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+                "dataset.val_size=20"]
+    raise AssertionError(f"no tiny dataset for input shape {shape}")
+
+
+@pytest.mark.parametrize("name", sorted(INTENDED))
+def test_one_round_end_to_end_per_model(name, tmp_path):
+    from mlflow import MlflowClient
+
+    from alframe.loop import run_experiment
+
+    cfg = compose([*tiny_data_overrides(name, tmp_path), f"model={name}", "strategy=entropy",
+                   "trainer.max_epochs=3", "loop.initial_size=20", "loop.query_size=10", "loop.rounds=1",
+                   "model.batch_size=32"], tmp_path / "out")
+    res = run_experiment(cfg, tmp_path / "out" / "job")
+    assert res.status == "finished" and [h["n_labelled"] for h in res.history] == [20, 30]
+    run = MlflowClient(res.tracking_uri).get_run(res.run_id)
+    assert run.data.tags["model"] == name
+    assert 0.0 <= run.data.metrics["final_accuracy"] <= 1.0
+    assert (res.run_dir / "last_model.pt").is_file()
