@@ -181,3 +181,100 @@ def test_missing_files_on_the_command_line_exit_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "alframe: error: dataset 'mnist'" in proc.stderr and "train-images-idx3-ubyte" in proc.stderr
+
+
+@pytest.mark.parametrize("name,folder,first_class", [("fashion_mnist", "FashionMNIST", "T-shirt/top"),
+                                                     ("kmnist", "KMNIST", "o")])
+def test_fashion_and_kmnist_load_their_raw_folders(tmp_path, name, folder, first_class):
+    arrays = write_mnist_like(tmp_path / "data", folder=folder)
+    data = load(tmp_path, name, tmp_path / "data", "dataset.val_size=10")
+    assert data.name == name and data.num_classes == 10 and data.class_names[0] == first_class
+    assert data.input_shape == (1, 28, 28) and data.n_train == 120 and len(data.test) == 40
+    np.testing.assert_array_equal(data.targets, arrays["y_train"])
+    np.testing.assert_allclose(unnormalise(data, data.test.x)[:, 0].numpy(),
+                               arrays["x_test"].astype(np.float32) / 255.0, atol=1e-5)
+
+
+def test_emnist_balanced_split_layout_classes_and_upright_images(tmp_path):
+    arrays = write_mnist_like(tmp_path / "data", folder="EMNIST",
+                              prefix=("emnist-balanced-train", "emnist-balanced-test"))
+    data = load(tmp_path, "emnist", tmp_path / "data", "dataset.val_size=10")
+    assert data.num_classes == 47 and len(data.class_names) == 47
+    assert data.class_names[:12] == list("0123456789AB") and data.class_names[-1] == "t"
+    np.testing.assert_array_equal(data.targets, arrays["y_train"])
+    # EMNIST's files store images transposed; alframe returns them upright.
+    np.testing.assert_allclose(unnormalise(data, data.train.x)[:, 0].numpy(),
+                               arrays["x_train"].transpose(0, 2, 1).astype(np.float32) / 255.0, atol=1e-5)
+
+
+def test_cifar10_pickled_batches(tmp_path):
+    arrays = write_cifar(tmp_path / "data")
+    data = load(tmp_path, "cifar10", tmp_path / "data", "dataset.val_size=10", "dataset.verify_checksums=false")
+    assert data.input_shape == (3, 32, 32) and data.n_train == 100 and len(data.test) == 40
+    assert data.class_names[:3] == ["airplane", "automobile", "bird"] and data.num_classes == 10
+    np.testing.assert_array_equal(data.targets, arrays["y_train"])
+    np.testing.assert_array_equal(data.test.y.numpy(), arrays["y_test"])
+    # Per-channel statistics of the train split, and HWC files -> CHW tensors.
+    x01 = arrays["x_train"].astype(np.float64) / 255.0
+    np.testing.assert_allclose(data.extras["mean"], x01.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(data.extras["std"], x01.std(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(unnormalise(data, data.train.x).numpy(),
+                               x01.transpose(0, 3, 1, 2), atol=1e-5)
+    per_channel = data.train.x.transpose(0, 1).reshape(3, -1)
+    np.testing.assert_allclose(per_channel.mean(1).numpy(), 0.0, atol=1e-5)
+
+
+def test_cifar_checksum_failure_is_a_clear_error(tmp_path):
+    write_cifar(tmp_path / "data")
+    with pytest.raises(DatasetError, match="md5 check.*dataset.verify_checksums=false"):
+        load(tmp_path, "cifar10", tmp_path / "data", "dataset.val_size=10")
+
+
+def test_cifar100_fine_labels_and_meta(tmp_path):
+    arrays = write_cifar(tmp_path / "data", hundred=True)
+    data = load(tmp_path, "cifar100", tmp_path / "data", "dataset.val_size=10", "dataset.verify_checksums=false")
+    assert data.num_classes == 100 and data.class_names[7] == "fine7"
+    np.testing.assert_array_equal(data.targets, arrays["y_train"])
+    np.testing.assert_allclose(unnormalise(data, data.test.x).numpy(),
+                               arrays["x_test"].transpose(0, 3, 1, 2) / 255.0, atol=1e-5)
+
+
+def test_svhn_mat_files_map_label_10_to_digit_0(tmp_path):
+    arrays = write_svhn(tmp_path / "svhn")
+    data = load(tmp_path, "svhn", tmp_path / "svhn", "dataset.val_size=10", "dataset.verify_checksums=false")
+    assert data.class_names == list("0123456789") and data.input_shape == (3, 32, 32)
+    np.testing.assert_array_equal(data.targets, arrays["y_train"])
+    assert (data.targets == 0).any() and data.targets.max() <= 9
+    np.testing.assert_allclose(unnormalise(data, data.train.x).numpy(),
+                               arrays["x_train"].transpose(0, 3, 1, 2) / 255.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,where,first_file", [
+    ("fashion_mnist", "FashionMNIST/raw", "train-images-idx3-ubyte"),
+    ("kmnist", "KMNIST/raw", "train-images-idx3-ubyte"),
+    ("emnist", "EMNIST/raw", "emnist-balanced-train-images-idx3-ubyte"),
+    ("cifar10", "cifar-10-batches-py", "data_batch_1"),
+    ("cifar100", "cifar-100-python", "train"),
+    ("svhn", "", "train_32x32.mat"),
+])
+def test_every_benchmark_names_its_missing_files(tmp_path, name, where, first_file):
+    with pytest.raises(DatasetError) as e:
+        load(tmp_path, name, tmp_path / "empty")
+    msg = str(e.value)
+    assert str((tmp_path / "empty" / where) if where else tmp_path / "empty") in msg
+    assert first_file in msg and "dataset.download=false" in msg and "dataset.download=true" in msg
+
+
+def test_partial_copy_names_only_the_missing_files(tmp_path):
+    write_mnist_like(tmp_path / "data")
+    (tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetError, match=r"Expected: t10k-labels-idx1-ubyte\. "):
+        load(tmp_path, "mnist", tmp_path / "data")
+
+
+def test_bad_sizes_are_config_errors_naming_the_key(tmp_path):
+    from alframe.config import ConfigError
+
+    write_mnist_like(tmp_path / "data")
+    with pytest.raises(ConfigError, match="dataset.val_size"):
+        load(tmp_path, "mnist", tmp_path / "data", "dataset.val_size=500")

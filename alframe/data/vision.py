@@ -134,8 +134,13 @@ def open_split(name: str, spec: VisionSpec, root: Path, train: bool, download: b
         return cls(str(root), download=download, **split, **spec.kwargs)
     except Exception as e:  # torchvision raises RuntimeError/URLError/OSError/... here
         files = expected_files(spec, root)
-        if download or not all(p.is_file() for p in files) or "not found" in str(e).lower():
+        if download or not all(p.is_file() for p in files):
             raise _missing_error(name, spec, root, download, e) from e
+        if verify_checksums and spec.checksum_attrs and "corrupted" in str(e).lower():
+            raise DatasetError(
+                f"dataset {name!r}: the files in {files[0].parent} fail torchvision's md5 check (corrupt, "
+                f"truncated or not the official release of {spec.source}). Download them again, or set "
+                f"dataset.verify_checksums=false to use them as they are.") from e
         raise DatasetError(f"dataset {name!r}: could not read the files in {files[0].parent}: "
                            f"{type(e).__name__}: {e}") from e
 
