@@ -1,0 +1,351 @@
+"""Diversity-based acquisition on penultimate-layer embeddings: Core-set (k-center greedy),
+k-means, BADGE and TypiClust.
+
+All pairwise-distance work is chunked or factorised: memory stays O(M (D + C)) for M
+candidates, never an M x M distance matrix nor BADGE's M x (C * D) gradient matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from alframe.inference import ModelOutputs
+from alframe.state import PoolState
+from alframe.strategies.base import QueryStrategy
+from alframe.strategies.batch import check_k
+
+#: rows per block in chunked distance computations (block memory = rows * cols * 4 bytes)
+CHUNK_ROWS = 2048
+
+
+def sorted_view(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx_sorted [M], order [M])``: candidates in ascending absolute index, so that the
+    first maximum of any score is the smallest absolute index (deterministic tie-breaking)."""
+    idx = np.asarray(outputs.idx, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    return idx[order], order
+
+
+def min_sq_distances(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """Squared Euclidean distance from each row of ``x`` to its nearest row of ``y``.
+
+    Args:
+        x: ``[N, D]`` float.
+        y: ``[L, D]`` float (L may be 0: every distance is then +inf).
+
+    Returns:
+        ``[N]`` in ``x``'s dtype, >= 0. Memory: one ``chunk_rows x chunk_rows`` block.
+    """
+    out = torch.full((x.shape[0],), torch.inf, dtype=x.dtype)
+    if y.shape[0] == 0 or x.shape[0] == 0:
+        return out
+    xn = x.square().sum(1)
+    yn = y.square().sum(1)
+    for a in range(0, x.shape[0], chunk_rows):
+        xa, xna = x[a:a + chunk_rows], xn[a:a + chunk_rows]
+        best = out[a:a + chunk_rows]
+        for b in range(0, y.shape[0], chunk_rows):
+            d = torch.addmm(xna[:, None] + yn[None, b:b + chunk_rows], xa, y[b:b + chunk_rows].T, alpha=-2.0)
+            torch.minimum(best, d.min(dim=1).values, out=best)
+    return out.clamp_min_(0.0)
+
+
+def k_center_greedy(x: torch.Tensor, centres: torch.Tensor, k: int, rng: np.random.Generator,
+                    chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """Greedy k-center: repeatedly take the point farthest from all centres so far.
+
+    Sener & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set
+    Approach", Algorithm 1.
+
+    Args:
+        x: ``[N, D]`` float candidate points.
+        centres: ``[L, D]`` initial centres (the labelled set); when L = 0 the first point is
+            drawn uniformly with ``rng`` (as in the authors' code).
+        k: number of points to pick (1 <= k <= N).
+        rng: random generator (used only when L = 0).
+
+    Returns:
+        ``[k] int64`` row positions in ``x``, in selection order; the first maximum (lowest
+        row) wins ties.
+    """
+    n = x.shape[0]
+    dist = min_sq_distances(x, centres, chunk_rows)
+    xn = x.square().sum(1)
+    chosen = []
+    for step in range(k):
+        if step == 0 and centres.shape[0] == 0:
+            j = int(rng.integers(n))
+        else:
+            j = int(torch.argmax(dist))
+        chosen.append(j)
+        c = x[j]
+        d = torch.addmv(xn + c.square().sum(), x, c, alpha=-2.0).clamp_min_(0.0)
+        torch.minimum(dist, d, out=dist)
+        dist[j] = -torch.inf  # exact: a chosen point never wins again, even among duplicates
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _centred(*parts: torch.Tensor) -> list[torch.Tensor]:
+    """float32 copies shifted by the common mean: the |x|^2 + |y|^2 - 2 x.y expansion then
+    loses far less precision to cancellation."""
+    parts = [p.float() for p in parts]
+    nonempty = [p for p in parts if p.shape[0]]
+    mean = torch.cat(nonempty).mean(0) if nonempty else 0.0
+    return [p - mean for p in parts]
+
+
+class CoreSet(QueryStrategy):
+    """Core-set selection by greedy k-center on penultimate-layer embeddings: each pick is the
+    candidate farthest (Euclidean) from the labelled set and the picks so far.
+
+    Sener & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set
+    Approach" (the greedy 2-approximation; the robust MIP variant is not implemented).
+
+    Reads ``embeddings: [M, D]`` and ``labelled_embeddings: [L, D]``. Time O((L + k) M D),
+    memory O(M D) plus one ``chunk_rows x chunk_rows`` block.
+
+    Args:
+        name: display name.
+        chunk_rows: rows per distance block.
+    """
+
+    requires = frozenset({"embeddings", "labelled_embeddings"})
+
+    def __init__(self, name: str | None = None, chunk_rows: int = CHUNK_ROWS):
+        super().__init__(name)
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.chunk_rows = int(chunk_rows)
+
+    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+        k = check_k(k)
+        idx, order = sorted_view(outputs)
+        x = outputs.require("embeddings")[torch.as_tensor(order)]
+        lab = outputs.require("labelled_embeddings")
+        x, lab = _centred(x, lab)
+        return idx[k_center_greedy(x, lab, min(k, len(idx)), rng, self.chunk_rows)]
+
+
+class KMeansSampling(QueryStrategy):
+    """k-means sampling: cluster the candidates' embeddings into k clusters (scikit-learn's
+    KMeans, k-means++ initialisation) and query, from each cluster, the member nearest its
+    centre (as in Ash et al. 2020's k-means baseline and DeepAL+). A cluster left empty (only
+    with fewer distinct points than k) is filled with the unused candidate nearest its centre.
+
+    Reads ``embeddings: [M, D]``. scikit-learn computes distances in blocks; memory O(M D).
+
+    Args:
+        name: display name.
+        n_init: k-means restarts.
+        max_iter: most Lloyd iterations per run.
+
+    Raises:
+        ValueError: ``n_init`` or ``max_iter`` < 1.
+    """
+
+    requires = frozenset({"embeddings"})
+
+    def __init__(self, name: str | None = None, n_init: int = 1, max_iter: int = 300):
+        super().__init__(name)
+        if int(n_init) < 1 or int(max_iter) < 1:
+            raise ValueError(f"n_init and max_iter must be >= 1, got n_init={n_init}, max_iter={max_iter}")
+        self.n_init, self.max_iter = int(n_init), int(max_iter)
+
+    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+        from sklearn.cluster import KMeans
+
+        k = check_k(k)
+        idx, order = sorted_view(outputs)
+        x = outputs.require("embeddings")[torch.as_tensor(order)].double().numpy()
+        k = min(k, len(idx))
+        with warnings.catch_warnings():  # fewer distinct points than k: handled below
+            warnings.simplefilter("ignore")
+            km = KMeans(n_clusters=k, n_init=self.n_init, max_iter=self.max_iter,
+                        random_state=int(rng.integers(2**31 - 1))).fit(x)
+        return idx[nearest_members(x, km.labels_, km.cluster_centers_)]
+
+
+def nearest_members(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For each cluster, the row of ``x`` nearest its centre among the cluster's members;
+    empty clusters take the nearest row not yet taken.
+
+    Args:
+        x: ``[N, D]`` points; labels: ``[N]`` cluster of each point; centres: ``[K, D]``, K <= N.
+
+    Returns:
+        ``[K] int64`` distinct row positions.
+    """
+    d = ((x - centres[labels]) ** 2).sum(1)  # [N] distance to own centre, O(N D)
+    pick = np.full(len(centres), -1, dtype=np.int64)
+    order = np.lexsort((d, labels))  # by cluster, then distance (then row: stable)
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    pick[labels[order][first]] = order[first]
+    taken = np.zeros(len(x), dtype=bool)
+    taken[pick[pick >= 0]] = True
+    for c in np.flatnonzero(pick < 0):
+        dc = ((x - centres[c]) ** 2).sum(1)
+        dc[taken] = np.inf
+        pick[c] = int(np.argmin(dc))
+        taken[pick[c]] = True
+    return pick
+
+
+class BADGE(QueryStrategy):
+    """Batch Active learning by Diverse Gradient Embeddings: k-means++ seeding on the gradient
+    of the cross-entropy loss (at the predicted label) w.r.t. the last layer's weights,
+    ``g_i = (p_i - e_{yhat_i}) (x) h_i`` (C * D numbers per candidate).
+
+    Ash, Zhang, Krishnamurthy, Langford & Agarwal 2020, "Deep Batch Active Learning by Diverse,
+    Uncertain Gradient Lower Bounds" (ICLR).
+
+    The gradient matrix is never formed: ``<g_i, g_j> = <a_i, a_j> <h_i, h_j>`` with
+    ``a = p - e_yhat``, so each seeding step costs O(M (C + D)) and memory is O(M (C + D)),
+    in float64. As in the authors' code the first centre is the candidate with the largest
+    gradient norm (a data point, so a cluster near the origin is not treated as covered);
+    each further centre is drawn with probability proportional to its squared distance to the
+    nearest centre. Chosen points and exact duplicates of a centre have distance 0 and are
+    never drawn; if every remaining candidate coincides with a centre, the rest are drawn
+    uniformly.
+
+    Reads ``probs: [M, C]`` and ``embeddings: [M, D]``.
+    """
+
+    requires = frozenset({"probs", "embeddings"})
+
+    #: relative tolerance under which a factorised squared distance counts as exactly 0
+    ZERO_TOL = 1e-10
+
+    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+        k = check_k(k)
+        idx, order = sorted_view(outputs)
+        rows = torch.as_tensor(order)
+        p = outputs.require("probs")[rows].double()
+        h = outputs.require("embeddings")[rows].double()
+        return idx[badge_seeding(p, h, min(k, len(idx)), rng, self.ZERO_TOL)]
+
+
+def badge_seeding(p: torch.Tensor, h: torch.Tensor, k: int, rng: np.random.Generator,
+                  zero_tol: float = 1e-10) -> np.ndarray:
+    """k-means++ seeding on gradient embeddings with factorised distances (see :class:`BADGE`).
+
+    Args:
+        p: ``[N, C]`` class probabilities; h: ``[N, D]`` penultimate embeddings; k <= N.
+
+    Returns:
+        ``[k] int64`` distinct row positions in selection order.
+    """
+    n = p.shape[0]
+    a = p.clone()
+    a[torch.arange(n), p.argmax(dim=1)] -= 1.0  # p - e_yhat
+    an, hn = a.square().sum(1), h.square().sum(1)
+    gn = an * hn  # |g_i|^2
+    j = int(torch.argmax(gn))  # first centre: largest gradient norm (first maximum on ties)
+    chosen = [j]
+    taken = torch.zeros(n, dtype=torch.bool)
+    taken[j] = True
+    dist = torch.full((n,), torch.inf, dtype=torch.float64)
+    for _ in range(1, k):
+        d = gn + gn[j] - 2.0 * (a @ a[j]) * (h @ h[j])
+        d[d <= zero_tol * (gn + gn[j])] = 0.0  # rounding noise of coincident points -> exactly 0
+        torch.minimum(dist, d, out=dist)
+        w = dist.clone()
+        w[taken] = 0.0
+        cum = torch.cumsum(w, 0).numpy()
+        if cum[-1] > 0:
+            j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+            j = min(j, n - 1)
+            while w[j] <= 0:  # guard against the float edge u == cum[-1]
+                j -= 1
+        else:  # everything left coincides with a centre
+            j = int(rng.choice(np.flatnonzero(~taken.numpy())))
+        chosen.append(j)
+        taken[j] = True
+    return np.asarray(chosen, dtype=np.int64)
+
+
+class TypiClust(QueryStrategy):
+    """TypiClust: cluster the embeddings of the labelled set and the candidates into
+    ``L + k`` clusters (at most ``max_clusters``), visit the clusters with the fewest labelled
+    points first (larger first among equals, clusters of at most ``min_cluster_size`` points
+    last), and from each take its most typical candidate, typicality = 1 / (mean squared
+    distance to its ``k_nn`` nearest neighbours in the cluster).
+
+    Hacohen, Dekel & Weinshall 2022, "Active Learning on a Budget: Opposite Strategies Suit
+    High and Low Budgets" (ICML), TPC-RP; meant for the initial and low-budget rounds. The
+    paper clusters self-supervised features; alframe uses the model's penultimate embeddings.
+    Clustering follows the authors' code: KMeans for up to 50 clusters, MiniBatchKMeans above.
+
+    Reads ``embeddings: [M, D]`` and ``labelled_embeddings: [L, D]`` (L may be 0).
+
+    Args:
+        name: display name.
+        k_nn: neighbours for typicality (20 in the paper).
+        min_cluster_size: clusters with at most this many points are visited last (5).
+        max_clusters: cap on the number of clusters (500).
+    """
+
+    requires = frozenset({"embeddings", "labelled_embeddings"})
+
+    def __init__(self, name: str | None = None, k_nn: int = 20, min_cluster_size: int = 5,
+                 max_clusters: int = 500):
+        super().__init__(name)
+        if int(k_nn) < 1 or int(min_cluster_size) < 0 or int(max_clusters) < 1:
+            raise ValueError(f"need k_nn >= 1, min_cluster_size >= 0, max_clusters >= 1; got k_nn={k_nn}, "
+                             f"min_cluster_size={min_cluster_size}, max_clusters={max_clusters}")
+        self.k_nn, self.min_cluster_size, self.max_clusters = int(k_nn), int(min_cluster_size), int(max_clusters)
+
+    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+        from sklearn.cluster import KMeans, MiniBatchKMeans
+
+        k = check_k(k)
+        idx, order = sorted_view(outputs)
+        m = len(idx)
+        k = min(k, m)
+        x = outputs.require("embeddings")[torch.as_tensor(order)].double().numpy()
+        lab = outputs.require("labelled_embeddings").double().numpy().reshape(-1, x.shape[1])
+        feats = np.concatenate([x, lab])  # candidates first, then the labelled set
+        n_clusters = min(len(lab) + k, self.max_clusters, len(feats))
+        seed = int(rng.integers(2**31 - 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if n_clusters <= 50:
+                km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
+            else:
+                km = MiniBatchKMeans(n_clusters=n_clusters, n_init=1, batch_size=5000, random_state=seed)
+            cl = km.fit_predict(feats)
+        size = np.bincount(cl, minlength=n_clusters)
+        labelled_count = np.bincount(cl[m:], minlength=n_clusters)
+        big = size > self.min_cluster_size
+        # fewest labelled first, then largest; small clusters only after all others
+        visit = np.lexsort((np.arange(n_clusters), -size, labelled_count, ~big))
+        n_big = int(big.sum())
+        members = {c: list(np.flatnonzero(cl[:m] == c)) for c in visit}
+        chosen: list[int] = []
+        groups = [visit[:n_big], visit[n_big:]] if n_big else [visit]
+        for group in groups:
+            group = [c for c in group if members[c]]
+            while len(chosen) < k and group:
+                for c in list(group):
+                    if len(chosen) == k:
+                        break
+                    j = self._most_typical(x, members[c])
+                    chosen.append(j)
+                    members[c].remove(j)
+                    if not members[c]:
+                        group.remove(c)
+        return idx[np.asarray(chosen, dtype=np.int64)]
+
+    def _most_typical(self, x: np.ndarray, rows: list[int]) -> int:
+        if len(rows) == 1:
+            return rows[0]
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = min(self.k_nn, len(rows) // 2) if len(rows) >= 4 else 1
+        xs = x[rows]
+        dist, _ = NearestNeighbors(n_neighbors=nn + 1).fit(xs).kneighbors(xs)
+        typicality = 1.0 / ((dist[:, 1:] ** 2).mean(1) + 1e-5)  # squared L2, as the authors' faiss code
+        return rows[int(np.argmax(typicality))]
