@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -25,6 +26,40 @@ MAX_PARAM_LEN = 6000
 def default_tracking_uri(output_root: str | Path) -> str:
     """``sqlite:///<abs output_root>/mlflow.db``: a real database file, no server needed."""
     return f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///...`` tracking URI, or None for other stores."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):])
+    return None
+
+
+def prepare_store(tracking_uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
+    """A client on ``tracking_uri`` and the id of ``experiment_name``, created if missing.
+
+    On a fresh SQLite file MLflow creates its tables and runs its schema migrations the first
+    time a client touches the store; two processes doing that at once corrupt each other's
+    migration ("table ... already exists"). For SQLite stores this therefore runs under an
+    exclusive file lock next to the database (``<db>.lock``), so parallel sweep jobs
+    initialise the store and the experiment one after the other. Other stores (servers,
+    ``file:``) are used as they are.
+
+    Returns:
+        ``(client, experiment_id)``.
+
+    Raises:
+        ValueError: the experiment exists but is deleted.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        return client, get_or_create_experiment(client, experiment_name)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    artifact_location = (db.parent / "mlartifacts" / experiment_name).resolve().as_uri()
+    with FileLock(str(db) + ".lock"):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        return client, get_or_create_experiment(client, experiment_name, artifact_location)
 
 
 def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
@@ -90,12 +125,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None,
                  run_name: str | None = None, tags: Mapping[str, str] | None = None):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        artifact_location = None
-        if tracking_uri.startswith("sqlite:///"):
-            db = Path(tracking_uri[len("sqlite:///"):])
-            artifact_location = (db.parent / "mlartifacts" / experiment_name).resolve().as_uri()
-        self.experiment_id = get_or_create_experiment(self.client, experiment_name, artifact_location)
+        self.client, self.experiment_id = prepare_store(tracking_uri, experiment_name)
         if run_id is not None:
             run = self.client.get_run(run_id)
             if run.info.experiment_id != self.experiment_id:

@@ -1,0 +1,47 @@
+"""Multirun (sweep) support: prepare the MLflow store once before any job starts.
+
+``conf/config.yaml`` registers :class:`PrepareMlflowStore` under ``hydra.callbacks``, so that
+``alframe -m ...`` creates the tracking database, runs MLflow's schema migrations and creates
+the experiment in the launching process, before a launcher (sequential, joblib, Slurm) starts
+the jobs. Each job still goes through :func:`alframe.tracking.prepare_store` (a file lock plus
+retries), so jobs started outside Hydra's parent process are safe as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from alframe.tracking import default_tracking_uri, prepare_store
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri_of(cfg: DictConfig) -> str:
+    """The MLflow tracking URI a job with ``cfg`` logs to (``mlflow.tracking_uri`` or the
+    default SQLite store under ``paths.output_root``)."""
+    return cfg.mlflow.tracking_uri or default_tracking_uri(cfg.paths.output_root)
+
+
+class PrepareMlflowStore(Callback):
+    """Hydra callback: on multirun start, initialise the store and the experiment once.
+
+    Only the sweep's base config is prepared (jobs that override ``mlflow.tracking_uri`` or
+    ``mlflow.experiment_name`` prepare theirs under the lock themselves). A store that cannot
+    be reached here (e.g. a tracking server visible only from cluster nodes) is reported as a
+    warning and left to the jobs.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create the store/experiment of ``config`` before the launcher starts any job."""
+        try:
+            uri = tracking_uri_of(config)
+            _, exp_id = prepare_store(uri, config.mlflow.experiment_name)
+        except Exception as e:  # noqa: BLE001 - never block a sweep; jobs retry on their own
+            log.warning("alframe: could not prepare the MLflow store before the sweep (%s); "
+                        "each job will prepare it", e)
+            return
+        log.info("alframe: MLflow experiment %r (id %s) ready in %s", config.mlflow.experiment_name, exp_id, uri)
