@@ -71,11 +71,11 @@ class FilesOracle(Oracle):
         csv_path = d / CSV_NAME
         if export is not None:
             result = self.import_label_studio(export, request)
-            progress.console.print(f"Imported {len(result.idx)} labels from {export}")
+            progress.console.print(f"Imported {len(result.idx)} labels from {export}", soft_wrap=True)
             return result
         if csv_path.is_file() and self._csv_has_labels(csv_path):
             result = self.import_csv(csv_path, request)
-            progress.console.print(f"Imported {len(result.idx)} labels from {csv_path}")
+            progress.console.print(f"Imported {len(result.idx)} labels from {csv_path}", soft_wrap=True)
             return result
         if not csv_path.is_file():
             self.write_batch(request)
@@ -92,7 +92,7 @@ class FilesOracle(Oracle):
             f"({shown}; 'skip' returns a sample to the pool),\n"
             f"  or import {d / TASKS_NAME} into Label Studio (labelling config {d / CONFIG_NAME}) and save "
             f"its JSON export as {d / EXPORT_NAMES[0]}.\n"
-            "  Then run the same command again with loop.resume=true.")
+            "  Then run the same command again with loop.resume=true.", soft_wrap=True)
 
     # ------------------------------------------------------------------ writing a batch
     def write_batch(self, request: LabelRequest) -> Path:
@@ -140,11 +140,12 @@ class FilesOracle(Oracle):
     # ------------------------------------------------------------------ importing
     @staticmethod
     def _csv_has_labels(path: Path) -> bool:
+        """True when some row has a label, or the header lost its 'label' column (an error to report)."""
         with path.open(newline="", encoding="utf-8-sig") as f:
-            for row in csv.DictReader(f):
-                if (row.get("label") or "").strip():
-                    return True
-        return False
+            reader = csv.DictReader(f)
+            if "label" not in (reader.fieldnames or []):
+                return True
+            return any((row.get("label") or "").strip() for row in reader)
 
     def import_csv(self, path: Path, request: LabelRequest) -> LabelResult:
         """Labels from a filled ``labels.csv`` (columns ``index`` and ``label`` required).

@@ -67,7 +67,7 @@ class TerminalOracle(Oracle):
                        / f"{i}.png")
         if self.preview:
             c.print(terminal_preview(self.data.train, i, self.preview_width))
-        c.print(f"image: {png}")
+        c.print(f"image: {png}", soft_wrap=True)
         if len(names) <= 40:
             c.print("classes: " + "  ".join(f"[bold]{k}[/bold]={n}" for k, n in enumerate(names)))
         if suggestion is not None:

@@ -254,13 +254,14 @@ class WebOracle(Oracle):
         self.thread = threading.Thread(target=self.server.serve_forever, name="alframe-web-oracle", daemon=True)
         self.thread.start()
         progress.console.print(f"[bold]Labelling page:[/bold] {self.url}  (open it in a browser; "
-                               f"answers are saved in {self.run_dir / 'answers'})")
+                               f"answers are saved in {self.run_dir / 'answers'})", soft_wrap=True)
         if self.open_browser:
             webbrowser.open(self.url)
 
     def label(self, request: LabelRequest) -> LabelResult:
         self.session.open(request)
-        progress.console.print(f"round {request.round}: {len(request.idx)} samples to label at {self.url}")
+        progress.console.print(f"round {request.round}: {len(request.idx)} samples to label at {self.url}",
+                               soft_wrap=True)
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         try:
             while True:
