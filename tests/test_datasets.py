@@ -107,6 +107,31 @@ def write_svhn(root: Path, n_train: int = 100, n_test: int = 40) -> dict:
     return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
 
 
+def compose_shared(overrides: list[str], out: Path, store: Path):
+    """Like ``conftest.compose`` but with the MLflow store ``store`` shared across a module's
+    runs (creating a SQLite store runs MLflow's migrations, several seconds each time)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from .conftest import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[
+            f"paths.output_root={out}", f"mlflow.tracking_uri=sqlite:///{store}", *overrides])
+
+
+_STORE: list[Path] = []
+
+
+@pytest.fixture
+def store(tmp_path_factory) -> Path:
+    """One MLflow SQLite store shared by the end-to-end runs of all dataset/model test modules
+    (each run uses its own MLflow experiment name)."""
+    if not _STORE:
+        _STORE.append(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+    return _STORE[0]
+
+
 def load(tmp_path: Path, name: str, root: Path, *overrides: str):
     cfg = compose([f"dataset={name}", f"dataset.root={root}", "dataset.download=false", *overrides],
                   tmp_path / "out")

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from alframe.inference import compute_outputs
 from alframe.models.base import ALNet, mc_dropout
 
-from .conftest import REPO, compose
-from .test_datasets import write_mnist_like
+from .conftest import REPO
+from .test_datasets import compose_shared, store, write_mnist_like  # noqa: F401 (fixture)
 
 MODEL_DIR = REPO / "conf" / "model"
 
@@ -127,14 +127,14 @@ def tiny_data_overrides(name: str, tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(INTENDED))
-def test_one_round_end_to_end_per_model(name, tmp_path):
+def test_one_round_end_to_end_per_model(name, tmp_path, store):
     from mlflow import MlflowClient
 
     from alframe.loop import run_experiment
 
-    cfg = compose([*tiny_data_overrides(name, tmp_path), f"model={name}", "strategy=entropy",
-                   "trainer.max_epochs=3", "loop.initial_size=20", "loop.query_size=10", "loop.rounds=1",
-                   "model.batch_size=32"], tmp_path / "out")
+    cfg = compose_shared([*tiny_data_overrides(name, tmp_path), f"model={name}", "strategy=entropy",
+                          "trainer.max_epochs=3", "loop.initial_size=20", "loop.query_size=10", "loop.rounds=1",
+                          "model.batch_size=32", f"mlflow.experiment_name=models_{name}"], tmp_path / "out", store)
     res = run_experiment(cfg, tmp_path / "out" / "job")
     assert res.status == "finished" and [h["n_labelled"] for h in res.history] == [20, 30]
     run = MlflowClient(res.tracking_uri).get_run(res.run_id)
