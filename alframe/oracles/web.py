@@ -245,9 +245,9 @@ class WebOracle(Oracle):
         self.app = create_app(self.session)
         try:
             self.server = make_server(self.host, self.port, self.app, threaded=True)
-        except OSError as e:
-            raise OSError(f"cannot serve the labelling page on {self.host}:{self.port} ({e}); "
-                          "choose another port with oracle.port=<n> (0 = any free port)") from e
+        except (OSError, SystemExit) as e:  # werkzeug exits on a taken port
+            raise OSError(f"cannot serve the labelling page on {self.host}:{self.port} (the port is in use "
+                          "or not allowed); choose another port with oracle.port=<n> (0 = any free port)") from e
         port = self.server.server_port
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{port}/"
