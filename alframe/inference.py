@@ -142,10 +142,13 @@ def evaluate(net: ALNet, dataset: Dataset, batch_size: int = 512, device="cpu") 
     """Accuracy and mean cross-entropy of ``net`` (dropout off) on a labelled dataset.
 
     Returns:
-        ``{"accuracy": float in [0, 1], "loss": float (nats per sample)}``.
+        ``{"accuracy": float in [0, 1], "loss": float (nats per sample)}``; both NaN for an
+        empty dataset (e.g. an unlabelled folder without a test folder: nothing to measure).
     """
     from torchmetrics.functional.classification import multiclass_accuracy
 
+    if len(dataset) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
     net.to(device)
     was_training = net.training
     net.eval()

@@ -1,0 +1,345 @@
+"""Users' own images: a labelled folder per class (``image_folder``) or an unlabelled folder
+(``unlabelled_folder``, the real annotation job).
+
+Every image is decoded once at load time (Pillow, converted to grey or RGB, resized and
+centre-cropped to ``image_size`` with ``transforms.v2``) into one in-memory uint8 tensor, then
+normalised. Files that cannot be decoded are therefore found before any training: they are
+reported by path, and either skipped (``skip_bad_files=true``) or stop the run with a
+:class:`~alframe.data.base.DatasetError` that lists them.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+
+from alframe.data.base import ALData, DatasetError, TensorImageDataset, stratified_split
+from alframe.data.transforms import channel_stats, to_float_normalised, train_transform
+
+log = logging.getLogger(__name__)
+
+#: lower-case file suffixes read as images
+EXTENSIONS = tuple(sorted(IMG_EXTENSIONS))
+
+
+def _size(image_size) -> tuple[int, int]:
+    if isinstance(image_size, int) or (isinstance(image_size, str) and image_size.isdigit()):
+        s = int(image_size)
+        hw = (s, s)
+    else:
+        hw = tuple(int(v) for v in image_size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"dataset.image_size must be a positive int or [height, width], got {image_size!r}")
+    return hw
+
+
+def read_images(paths: Sequence[str | Path], channels: int = 3, image_size: int | Sequence[int] = 64,
+                crop: bool = True, workers: int = 4) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Decode image files into ``[M, C, H, W] uint8`` (M = readable files).
+
+    Each file is opened with Pillow, converted to ``L`` (``channels=1``) or ``RGB`` (3), then
+    resized so its short side fits and centre-cropped (``crop=true``) or stretched to
+    ``image_size``.
+
+    Args:
+        paths: image files.
+        channels: 1 or 3.
+        image_size: int (square) or ``[H, W]``.
+        crop: keep the aspect ratio (resize + centre crop) instead of stretching.
+        workers: decoding threads (Pillow releases the GIL while decoding).
+
+    Returns:
+        ``(images [M, C, H, W] uint8, ok [M] positions in paths, bad [(path, reason)])``.
+
+    Raises:
+        ValueError: ``channels`` not 1 or 3, or a bad ``image_size``.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"dataset.channels must be 1 (grey) or 3 (RGB), got {channels}")
+    hw = _size(image_size)
+    resize = v2.Compose([v2.Resize(min(hw) if crop else hw, antialias=True), v2.CenterCrop(hw)]) if crop \
+        else v2.Resize(hw, antialias=True)
+    mode = "L" if channels == 1 else "RGB"
+
+    def one(p):
+        try:
+            with Image.open(p) as im:
+                im.load()
+                im = im.convert(mode)
+            t = v2.functional.pil_to_tensor(im)
+            return resize(t), None
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
+            return None, f"{type(e).__name__}: {e}"
+
+    paths = [str(p) for p in paths]
+    out = torch.empty((len(paths), channels, *hw), dtype=torch.uint8)
+    ok, bad = [], []
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        for i, (t, err) in enumerate(pool.map(one, paths)):
+            if err is None:
+                out[len(ok)] = t
+                ok.append(i)
+            else:
+                bad.append((paths[i], err))
+    return out[:len(ok)], ok, bad
+
+
+def _report_bad(bad: list[tuple[str, str]], skip: bool, where: Path) -> None:
+    if not bad:
+        return
+    listing = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10
+                                                                  else "")
+    if not skip:
+        raise DatasetError(f"{len(bad)} image file(s) under {where} cannot be read: {listing}. Fix or remove "
+                           "them, or set dataset.skip_bad_files=true to leave them out.")
+    log.warning("skipping %d unreadable image file(s) under %s: %s", len(bad), where, listing)
+    from alframe import progress
+
+    progress.console.print(f"[yellow]dataset: skipped {len(bad)} unreadable image file(s): {listing}[/yellow]")
+
+
+def _scan_class_folders(root: Path, what: str) -> ImageFolder:
+    if not root.is_dir():
+        raise DatasetError(f"{what}={root} is not a folder; expected {root}/<class_name>/<image>.jpg|png "
+                           "(one sub-folder of images per class)")
+    try:
+        return ImageFolder(str(root), loader=lambda p: p, allow_empty=True)
+    except (FileNotFoundError, ValueError) as e:
+        raise DatasetError(f"{what}={root}: {e} Expected {root}/<class_name>/<image>.jpg|png "
+                           f"(extensions {', '.join(EXTENSIONS)})") from e
+
+
+def _load_labelled(root: Path, what: str, channels, image_size, crop, workers, skip_bad_files):
+    folder = _scan_class_folders(root, what)
+    if not folder.samples:
+        raise DatasetError(f"{what}={root}: the class folders {folder.classes} hold no image files "
+                           f"(extensions {', '.join(EXTENSIONS)})")
+    paths = [p for p, _ in folder.samples]
+    y = np.asarray([c for _, c in folder.samples], dtype=np.int64)
+    x, ok, bad = read_images(paths, channels, image_size, crop, workers)
+    _report_bad(bad, skip_bad_files, root)
+    if not ok:
+        raise DatasetError(f"{what}={root}: none of the {len(paths)} image files could be read")
+    return x, y[ok], [paths[i] for i in ok], list(folder.classes), bad
+
+
+def _normalise(x_train: torch.Tensor, normalize: bool, mean, std):
+    if not normalize:
+        return None, None
+    if mean is not None or std is not None:
+        if mean is None or std is None or len(mean) != x_train.shape[1] or len(std) != x_train.shape[1]:
+            raise ValueError(f"dataset.mean and dataset.std must both be lists of {x_train.shape[1]} values "
+                             f"(one per channel), got mean={mean!r}, std={std!r}")
+        return [float(v) for v in mean], [float(v) for v in std]
+    return channel_stats(x_train)
+
+
+def image_folder(root: str | Path, name: str = "image_folder", test_root: str | Path | None = None,
+                 test_size: int | float = 0.2, val_size: int = 0, split_seed: int = 0,
+                 image_size: int | Sequence[int] = 64, channels: int = 3, crop: bool = True,
+                 normalize: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 skip_bad_files: bool = False, augment=None, workers: int = 4) -> ALData:
+    """A labelled image folder ``root/<class_name>/*.jpg|png`` (torchvision ``ImageFolder``).
+
+    Class names are the sub-folder names (sorted); they appear in queries.csv, the logs and the
+    oracles' pages. The stored labels (folder names) act as ``targets`` for simulated oracles.
+
+    Args:
+        root: the folder of class folders.
+        name: dataset name for tags and logs.
+        test_root: a separate folder with the same class folders used as the test set; without
+            it a stratified, seeded ``test_size`` part of ``root`` is the test set.
+        test_size: test samples (int) or fraction (float in (0, 1)) when ``test_root`` is None.
+        val_size: validation samples held out of the train source (stratified; 0 = none).
+        split_seed: seed of the test and validation splits.
+        image_size: int (square) or ``[H, W]`` the model sees.
+        channels: 1 (grey) or 3 (RGB).
+        crop: keep the aspect ratio (resize short side + centre crop) instead of stretching.
+        normalize: per-channel normalisation (``transforms.v2.Normalize``) with ``mean``/``std``,
+            by default the train source's own statistics.
+        mean, std: per-channel statistics to use instead (e.g. ImageNet's for pretrained nets).
+        skip_bad_files: leave unreadable/corrupt files out (each reported by path) instead of
+            stopping with an error.
+        augment: ``transforms.v2`` list for labelled training batches only.
+        workers: decoding threads.
+
+    Returns:
+        ALData with images ``[channels, H, W] float32``; ``extras["paths"]`` (train source file
+        of each index), ``extras["test_paths"]`` and ``extras["skipped"]`` ([(path, reason)]).
+
+    Raises:
+        DatasetError: missing folder, no class folders or images, unreadable files (unless
+            skipped), or a ``test_root`` whose classes differ.
+        ValueError: bad sizes (e.g. a class too small to stratify).
+    """
+    root = Path(str(root)).expanduser()
+    x, y, paths, classes, bad = _load_labelled(root, "dataset.root", channels, image_size, crop, workers,
+                                               skip_bad_files)
+    if test_root is not None:
+        test_root = Path(str(test_root)).expanduser()
+        x_te, y_te, test_paths, test_classes, bad_te = _load_labelled(test_root, "dataset.test_root", channels,
+                                                                      image_size, crop, workers, skip_bad_files)
+        if test_classes != classes:
+            raise DatasetError(f"dataset.test_root={test_root} has classes {test_classes}, but dataset.root has "
+                               f"{classes}: both need the same class folders")
+        bad = bad + bad_te
+        x_tr, y_tr, train_paths = x, y, paths
+    else:
+        try:
+            tr, te = stratified_split(y, test_size, split_seed)
+        except ValueError as e:
+            raise ValueError(f"dataset.test_size={test_size} cannot split {len(y)} images of {len(classes)} "
+                             f"classes (class counts {np.bincount(y, minlength=len(classes)).tolist()}): {e}") from e
+        x_tr, y_tr, x_te, y_te = x[torch.as_tensor(tr)], y[tr], x[torch.as_tensor(te)], y[te]
+        train_paths, test_paths = [paths[i] for i in tr], [paths[i] for i in te]
+    if not 0 <= int(val_size) <= len(y_tr) - 2:
+        raise ValueError(f"dataset.val_size must lie in [0, {len(y_tr) - 2}] ({len(y_tr)} training images), "
+                         f"got {val_size}")
+    try:
+        val_idx = stratified_split(y_tr, int(val_size), split_seed + 1)[1] if val_size else np.empty(0, np.int64)
+    except ValueError as e:
+        raise ValueError(f"dataset.val_size={val_size} cannot be stratified over {len(classes)} classes: {e}") from e
+    m, s = _normalise(x_tr, normalize, mean, std)
+    train = TensorImageDataset(to_float_normalised(x_tr, m, s), y_tr)
+    test = TensorImageDataset(to_float_normalised(x_te, m, s), y_te)
+    return ALData(
+        name=name, train=train, test=test, val_idx=val_idx, num_classes=len(classes), class_names=classes,
+        input_shape=tuple(train.x.shape[1:]), targets=y_tr, train_transform=train_transform(augment, m, s),
+        extras={"mean": m, "std": s, "paths": train_paths, "test_paths": test_paths, "skipped": bad,
+                "root": str(root)},
+    )
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def read_seed_labels(path: Path, root: Path, files: list[str], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Seed labels from a CSV with columns ``file,label``.
+
+    ``file`` is relative to ``root`` (or absolute); ``label`` a class name from ``classes`` or
+    its index.
+
+    Returns:
+        ``(idx [S] int64, labels [S] int64)`` into ``files``.
+
+    Raises:
+        DatasetError: missing file or columns, an unknown image or class, or one image
+            labelled twice with different classes (names the row).
+    """
+    if not path.is_file():
+        raise DatasetError(f"dataset.seed_labels={path} does not exist (expected a CSV with columns file,label)")
+    where = {str(Path(f).resolve()): i for i, f in enumerate(files)}
+    lookup = {c: i for i, c in enumerate(classes)}
+    idx, labels = {}, {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"file", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"dataset.seed_labels={path}: needs a header with columns 'file' and 'label', "
+                               f"got {reader.fieldnames}")
+        for n, row in enumerate(reader, start=2):
+            p = Path(row["file"].strip())
+            key = str((p if p.is_absolute() else root / p).resolve())
+            if key not in where:
+                raise DatasetError(f"dataset.seed_labels={path} line {n}: {row['file']!r} is not a readable image "
+                                   f"under {root}")
+            raw = row["label"].strip()
+            if raw in lookup:
+                y = lookup[raw]
+            elif raw.isdigit() and int(raw) < len(classes):
+                y = int(raw)
+            else:
+                raise DatasetError(f"dataset.seed_labels={path} line {n}: label {raw!r} is not one of the "
+                                   f"classes {classes} (or an index 0..{len(classes) - 1})")
+            i = where[key]
+            if i in labels and labels[i] != y:
+                raise DatasetError(f"dataset.seed_labels={path} line {n}: {row['file']!r} was already labelled "
+                                   f"{classes[labels[i]]!r}, now {classes[y]!r}")
+            idx[i], labels[i] = i, y
+    order = sorted(idx)
+    return np.asarray(order, dtype=np.int64), np.asarray([labels[i] for i in order], dtype=np.int64)
+
+
+def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unlabelled_folder",
+                      seed_labels: str | Path | None = None, test_root: str | Path | None = None,
+                      image_size: int | Sequence[int] = 64, channels: int = 3, crop: bool = True,
+                      normalize: bool = True, mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None, skip_bad_files: bool = False, augment=None,
+                      workers: int = 4) -> ALData:
+    """An unlabelled image folder: the pool of a real annotation job.
+
+    Every image file under ``root`` (searched recursively, sorted by path) is a pool sample;
+    the class list comes from the config. No labels are stored: ``targets`` is None and the
+    train source's own labels are all -1, so only a human oracle can label (``oracle=stored``
+    refuses at setup). Labels already given, from the optional ``seed_labels`` CSV
+    (``file,label``), are ``extras["seed_idx"] [S]`` with ``extras["seed_labels"] [S]``.
+
+    Args:
+        root: folder of images (any sub-folder layout).
+        classes: the class names a person may choose from (at least 2).
+        name: dataset name for tags and logs.
+        seed_labels: optional CSV of labels already given.
+        test_root: optional labelled folder ``test_root/<class>/*`` (class folders named as in
+            ``classes``) used to measure accuracy; without it the test set is empty.
+        image_size, channels, crop, normalize, mean, std, skip_bad_files, augment, workers: as
+            for :func:`image_folder`.
+
+    Returns:
+        ALData with ``targets=None``, no validation split, ``extras["paths"]`` (file of each index).
+
+    Raises:
+        DatasetError: missing folder, no images, unreadable files (unless skipped), bad seed
+            labels, or ``test_root`` class folders that are not in ``classes``.
+        ValueError: fewer than 2 classes or duplicate class names.
+    """
+    classes = [str(c) for c in (classes or [])]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"dataset.classes must list at least 2 distinct class names, got {classes}")
+    root = Path(str(root)).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset.root={root} is not a folder of images")
+    files = _image_files(root)
+    if not files:
+        raise DatasetError(f"dataset.root={root} holds no image files (extensions {', '.join(EXTENSIONS)})")
+    x, ok, bad = read_images(files, channels, image_size, crop, workers)
+    _report_bad(bad, skip_bad_files, root)
+    if not ok:
+        raise DatasetError(f"dataset.root={root}: none of the {len(files)} image files could be read")
+    paths = [str(files[i]) for i in ok]
+    seed_idx = np.empty(0, np.int64)
+    seed_y = np.empty(0, np.int64)
+    if seed_labels is not None:
+        seed_idx, seed_y = read_seed_labels(Path(str(seed_labels)).expanduser(), root, paths, classes)
+    m, s = _normalise(x, normalize, mean, std)
+    train = TensorImageDataset(to_float_normalised(x, m, s))  # no stored labels: y all -1
+    test_paths: list[str] = []
+    if test_root is not None:
+        test_root = Path(str(test_root)).expanduser()
+        x_te, y_te, test_paths, test_classes, bad_te = _load_labelled(test_root, "dataset.test_root", channels,
+                                                                      image_size, crop, workers, skip_bad_files)
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise DatasetError(f"dataset.test_root={test_root} has class folders {unknown} that are not in "
+                               f"dataset.classes {classes}")
+        y_te = np.asarray([classes.index(test_classes[c]) for c in y_te], dtype=np.int64)
+        test = TensorImageDataset(to_float_normalised(x_te, m, s), y_te)
+        bad = bad + bad_te
+    else:
+        test = TensorImageDataset(torch.empty((0, *x.shape[1:])), np.empty(0, np.int64))
+    return ALData(
+        name=name, train=train, test=test, val_idx=np.empty(0, np.int64), num_classes=len(classes),
+        class_names=classes, input_shape=tuple(train.x.shape[1:]), targets=None,
+        train_transform=train_transform(augment, m, s),
+        extras={"mean": m, "std": s, "paths": paths, "test_paths": test_paths, "skipped": bad,
+                "seed_idx": seed_idx, "seed_labels": seed_y, "root": str(root)},
+    )
