@@ -1,0 +1,1 @@
+"""alframe benchmarks: `make bench` (= `python -m benchmarks [name ...]`)."""

@@ -1,0 +1,107 @@
+"""Framework overhead: the default experiment through alframe vs the same loop in plain PyTorch.
+
+Both do the same work on the same data with the same seeds: for each round a fresh SmallCNN is
+trained for ``trainer.max_epochs`` epochs (Adam, batch 32) on the labelled set, evaluated on
+the test and validation splits, the pool is scored once and the top ``query_size`` entropy
+samples are labelled. alframe adds Hydra, Lightning's Trainer, MLflow logging (a fresh SQLite
+store), state saving and plots. Target: alframe <= 1.15x the plain loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from alframe.data.base import LabelledView, make_loader
+from alframe.inference import compute_outputs, evaluate
+from alframe.loop import build_net, initial_indices, run_experiment, seed_for
+from alframe.state import PoolState
+from alframe.strategies.uncertainty import entropy
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def default_cfg(out: Path, overrides: list[str] = ()):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            f"paths.output_root={out}", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", *overrides])
+
+
+def plain_loop(cfg) -> tuple[list[float], np.ndarray]:
+    """The default experiment in plain PyTorch (no Lightning, MLflow, Hydra instantiate in the loop)."""
+    from alframe.data.digits import digits
+
+    data = digits(test_size=cfg.dataset.test_size, val_size=cfg.dataset.val_size, split_seed=cfg.dataset.split_seed)
+    state = PoolState.create(data.n_train, holdout=data.val_idx)
+    first = initial_indices(cfg, data, state)
+    state.label(first, data.targets[first], 0)
+    accs, queried = [], []
+    val = data.validation_set()
+    for r in range(int(cfg.loop.rounds) + 1):
+        seed = seed_for(int(cfg.seed), r)
+        pl.seed_everything(seed, verbose=False)
+        net = build_net(cfg, data)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.model.optimizer.lr)
+        idx = state.labelled_idx
+        loader = make_loader(LabelledView(data.train, idx, state.labels[idx]), batch_size=int(cfg.model.batch_size),
+                             shuffle=True, seed=seed)
+        net.train()
+        for _ in range(int(cfg.trainer.max_epochs)):
+            for x, y in loader:
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+        accs.append(evaluate(net, data.test)["accuracy"])
+        evaluate(net, val)
+        if r == int(cfg.loop.rounds):
+            break
+        out = compute_outputs(net, data.train, state.pool_idx, {"probs"})
+        scores = entropy(out.probs).numpy()
+        order = np.lexsort((out.idx, -scores))[: int(cfg.loop.query_size)]
+        chosen = out.idx[order]
+        queried.append(chosen)
+        state.label(chosen, data.targets[chosen], r + 1)
+    return accs, np.concatenate(queried)
+
+
+def main() -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = default_cfg(Path(tmp))
+        plain_loop(default_cfg(Path(tmp), ["loop.rounds=1", "trainer.max_epochs=2"]))  # warm-up (lazy inits)
+        times = {"plain": [], "alframe": []}
+        results = {}
+        for rep in range(2):
+            t0 = time.perf_counter()
+            results["plain"] = plain_loop(cfg)
+            times["plain"].append(time.perf_counter() - t0)
+            out = Path(tmp) / f"rep{rep}"
+            cfg_a = default_cfg(out)
+            t0 = time.perf_counter()
+            res = run_experiment(cfg_a, out / "job")
+            times["alframe"].append(time.perf_counter() - t0)
+            with (res.run_dir / "queries.csv").open() as f:
+                alf_queried = [int(r["index"]) for r in csv.DictReader(f) if int(r["round"]) > 0]
+    plain_s, alf_s = min(times["plain"]), min(times["alframe"])
+    acc_plain, plain_queried = results["plain"]
+    acc_plain = acc_plain[-1]
+    same = sorted(alf_queried) == sorted(plain_queried.tolist())
+    print(f"default experiment: {cfg.loop.rounds} rounds, {cfg.trainer.max_epochs} epochs/round, "
+          f"{torch.get_num_threads()} threads")
+    print(f"  plain PyTorch loop : {plain_s:7.2f} s  (final test accuracy {acc_plain:.4f})")
+    print(f"  alframe            : {alf_s:7.2f} s  (final test accuracy {res.final_accuracy:.4f})")
+    print(f"  ratio alframe/plain: {alf_s / plain_s:.3f}x   (target <= 1.15x; runs: plain {times['plain']}, "
+          f"alframe {times['alframe']})")
+    print(f"  same queried indices in both: {same}")
+
+
+if __name__ == "__main__":
+    main()
