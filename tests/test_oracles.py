@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -24,6 +25,29 @@ TINY = ["trainer.max_epochs=2", "loop.initial_size=6", "loop.query_size=4", "loo
 @pytest.fixture(scope="module")
 def data():
     return digits()
+
+
+_TEMPLATE: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """An initialised, empty MLflow SQLite store, made once per test session (the other oracle
+    test modules import this fixture; the module-level cache makes them share one file).
+    MLflow creates its tables on first use, which takes seconds; tests copy the file instead
+    (to ``<tmp_path>/mlflow.db``, the store ``compose`` points at)."""
+    if "path" not in _TEMPLATE:
+        path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+        MlflowClient(f"sqlite:///{path}").search_experiments()
+        _TEMPLATE["path"] = path
+    return _TEMPLATE["path"]
+
+
+@pytest.fixture
+def store(tmp_path, mlflow_template):
+    """``<tmp_path>/mlflow.db``, copied from :func:`mlflow_template`."""
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    return tmp_path / "mlflow.db"
 
 
 def metric(res_or_uri, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -113,7 +137,7 @@ def test_noisy_rejects_bad_settings(data, tmp_path):
         NoisyOracle(confusion=m.tolist()).setup(data, tmp_path)
 
 
-def test_noisy_run_logs_the_true_noise_rate_of_each_round(tmp_path):
+def test_noisy_run_logs_the_true_noise_rate_of_each_round(store, tmp_path):
     cfg = compose(["oracle=noisy", "oracle.flip_rate=0.3", "trainer.max_epochs=2", "loop.initial_size=40",
                    "loop.query_size=40", "loop.rounds=2", "strategy=random"], tmp_path)
     res = Experiment(cfg, tmp_path / "job").run()
@@ -200,7 +224,7 @@ def test_terminal_round0_needs_a_class_and_end_of_input_quits(data, tmp_path):
     assert "no suggestion to accept" in text and "nothing to undo" in text
 
 
-def test_terminal_quit_and_resume_through_the_loop(tmp_path):
+def test_terminal_quit_and_resume_through_the_loop(store, tmp_path):
     """q stops the run with what was given; loop.resume=true asks only for the rest; skipped
     samples return to the pool; labels_received and label_seconds reach MLflow."""
     y = digits().targets
@@ -243,7 +267,7 @@ def test_terminal_quit_and_resume_through_the_loop(tmp_path):
 
 
 # --------------------------------------------------------------------------- pseudo-labelling (CEAL)
-def test_pseudo_labels_train_but_never_enter_the_pool_state(tmp_path, monkeypatch):
+def test_pseudo_labels_train_but_never_enter_the_pool_state(store, tmp_path, monkeypatch):
     import alframe.loop as loop
 
     seen = []
@@ -255,8 +279,8 @@ def test_pseudo_labels_train_but_never_enter_the_pool_state(tmp_path, monkeypatc
         return real_fit(cfg, data, state, round, run_dir, pseudo=pseudo)
 
     monkeypatch.setattr(loop, "fit", spy)
-    cfg = compose(["trainer.max_epochs=15", "loop.initial_size=30", "loop.query_size=10", "loop.rounds=2",
-                   "loop.pseudo_label_threshold=0.3", "strategy=margin"], tmp_path)
+    cfg = compose(["trainer.max_epochs=8", "loop.initial_size=30", "loop.query_size=10", "loop.rounds=2",
+                   "loop.pseudo_label_threshold=0.25", "strategy=margin"], tmp_path)
     res = Experiment(cfg, tmp_path / "job").run()
     y = digits().targets
     state = PoolState.load(res.run_dir)

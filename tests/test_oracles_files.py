@@ -16,6 +16,7 @@ from alframe.oracles import FilesOracle, LabelImportError, LabelRequest
 from alframe.state import PoolState
 
 from .conftest import compose
+from .test_oracles import mlflow_template, store  # noqa: F401 (fixtures)
 
 IDX = np.array([3, 8, 15, 42])
 
@@ -185,7 +186,7 @@ def test_label_studio_errors(oracle, tmp_path):
     assert "missing rows for indices [42]" in msg
 
 
-def test_files_oracle_through_the_loop(tmp_path):
+def test_files_oracle_through_the_loop(store, tmp_path):
     """Run stops pending; a bad CSV stops the resumed run with nothing recorded; the fixed CSV
     and then a Label Studio export continue the same MLflow run to the end."""
     y = digits().targets

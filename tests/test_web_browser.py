@@ -29,6 +29,7 @@ from alframe.loop import Experiment  # noqa: E402
 from alframe.state import PoolState  # noqa: E402
 
 from .conftest import compose  # noqa: E402
+from .test_oracles import mlflow_template, store  # noqa: E402, F401 (fixtures)
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -41,7 +42,7 @@ def on_disk(run_dir: Path, round: int) -> dict[int, object]:
     return {a["index"]: a["label"] for a in json.loads(path.read_text())["answers"]}
 
 
-def test_label_two_rounds_in_headless_chromium(tmp_path):
+def test_label_two_rounds_in_headless_chromium(store, tmp_path):
     y = digits().targets
     cfg = compose(["oracle=web", "oracle.port=0", "trainer.max_epochs=2", "loop.initial_size=6",
                    "loop.query_size=4", "loop.rounds=1", "strategy=margin"], tmp_path)
