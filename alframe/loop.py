@@ -179,7 +179,16 @@ def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprint: str) -> tuple[P
 # --------------------------------------------------------------------------- building blocks
 def build_net(cfg: DictConfig, data: ALData) -> ALNet:
     """A fresh network for ``data`` from ``cfg.model.net``."""
-    net = instantiate(cfg.model.net, num_classes=data.num_classes, input_shape=tuple(data.input_shape))
+    from hydra.errors import InstantiationException
+
+    try:
+        net = instantiate(cfg.model.net, num_classes=data.num_classes, input_shape=tuple(data.input_shape))
+    except InstantiationException as e:  # show the model's own message (e.g. weights unavailable, input too small)
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        if isinstance(e.__cause__, ValueError):
+            raise ConfigError(f"model={cfg.model.get('name')}: {e.__cause__}") from e
+        raise
     if not isinstance(net, ALNet):
         raise ConfigError(f"model.net._target_={cfg.model.net._target_!r} must build an alframe ALNet "
                           f"(trunk + head), got {type(net).__name__}")
@@ -333,6 +342,7 @@ class Experiment:
             })
         validate_with_data(cfg, self.state.n_pool + self.state.n_labelled, self.data.num_classes,
                            self.data.targets is not None)
+        build_net(cfg, self.data)  # model config errors (input too small, weights missing) before any labelling
         self._check_target()
         threshold = cfg.loop.get("pseudo_label_threshold")
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))

@@ -15,7 +15,8 @@ from alframe.inference import compute_outputs
 from alframe.models.base import ALNet, mc_dropout
 
 from .conftest import REPO
-from .test_datasets import compose_shared, store, write_mnist_like  # noqa: F401 (fixture)
+from .test_datasets import compose_shared, store, write_cifar, write_mnist_like  # noqa: F401 (fixture)
+from .test_image_folder import write_folder
 
 MODEL_DIR = REPO / "conf" / "model"
 
@@ -24,6 +25,9 @@ INTENDED = {
     "small_cnn": ((1, 28, 28), 10, 128, True),
     "gal_cnn": ((1, 28, 28), 10, 128, True),
     "batchbald_cnn": ((1, 28, 28), 10, 128, False),
+    "lenet5": ((1, 28, 28), 10, 84, True),
+    "image_classifier": ((3, 64, 64), 3, 512, True),
+    "resnet18": ((3, 32, 32), 10, 512, True),
 }
 
 
@@ -123,21 +127,90 @@ def tiny_data_overrides(name: str, tmp_path: Path) -> list[str]:
         write_mnist_like(tmp_path / "data", n_train=150, n_test=60)
         return ["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
                 "dataset.val_size=20"]
+    if shape == (3, 32, 32):
+        write_cifar(tmp_path / "data", n_train=40, n_test=10)
+        return ["dataset=cifar10", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+                "dataset.val_size=0", "dataset.verify_checksums=false",
+                "trainer.max_epochs=1"]  # ResNet-18 is the costly one on CPU: one epoch per round
+    if shape == (3, 64, 64):
+        write_folder(tmp_path / "photos", per_class=15, size=64, corrupt=False)
+        return ["dataset=image_folder", f"dataset.root={tmp_path / 'photos'}", "dataset.image_size=64",
+                "dataset.test_size=9"]
     raise AssertionError(f"no tiny dataset for input shape {shape}")
 
 
 @pytest.mark.parametrize("name", sorted(INTENDED))
 def test_one_round_end_to_end_per_model(name, tmp_path, store):
+    """Train, evaluate, score the pool with MC dropout (BALD), query, train again."""
     from mlflow import MlflowClient
 
     from alframe.loop import run_experiment
 
-    cfg = compose_shared([*tiny_data_overrides(name, tmp_path), f"model={name}", "strategy=entropy",
-                          "trainer.max_epochs=3", "loop.initial_size=20", "loop.query_size=10", "loop.rounds=1",
-                          "model.batch_size=32", f"mlflow.experiment_name=models_{name}"], tmp_path / "out", store)
+    cfg = compose_shared(["trainer.max_epochs=2", *tiny_data_overrides(name, tmp_path), f"model={name}",
+                          "strategy=bald", "strategy.mc_samples=4", "loop.initial_size=12",
+                          "loop.query_size=6", "loop.rounds=1", "model.batch_size=16",
+                          f"mlflow.experiment_name=models_{name}"], tmp_path / "out", store)
     res = run_experiment(cfg, tmp_path / "out" / "job")
-    assert res.status == "finished" and [h["n_labelled"] for h in res.history] == [20, 30]
+    assert res.status == "finished" and [h["n_labelled"] for h in res.history] == [12, 18]
     run = MlflowClient(res.tracking_uri).get_run(res.run_id)
     assert run.data.tags["model"] == name
     assert 0.0 <= run.data.metrics["final_accuracy"] <= 1.0
     assert (res.run_dir / "last_model.pt").is_file()
+
+
+# --------------------------------------------------------------------------- ResNet-18 details
+def test_resnet18_cifar_stem_and_imagenet_stem():
+    net = build("resnet18", (3, 32, 32), 10)
+    conv1 = net.trunk[0]
+    assert conv1.kernel_size == (3, 3) and conv1.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.trunk.modules())
+    assert isinstance(net.head[0], torch.nn.Dropout) and net.head[-1].in_features == 512
+    imagenet = build("resnet18", (1, 64, 64), 5, cifar_stem=False, dropout=0.0)
+    assert imagenet.trunk[0].kernel_size == (7, 7) and imagenet.trunk[0].in_channels == 1
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in imagenet.trunk.modules())
+    assert not imagenet.has_dropout and len(imagenet.head) == 1
+    with torch.no_grad():
+        assert imagenet.eval()(torch.randn(2, 1, 64, 64)).shape == (2, 5)
+
+
+def test_resnet18_pretrained_from_a_local_file(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(3)
+    reference = resnet18(weights=None)
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(reference.state_dict(), path)
+    net = build("resnet18", (3, 32, 32), 10, pretrained=True, weights_path=str(path))
+    torch.testing.assert_close(net.trunk[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+    torch.testing.assert_close(net.trunk[7][1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    fresh = build("resnet18", (3, 32, 32), 10)
+    assert not torch.allclose(fresh.trunk[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+
+
+def test_resnet18_pretrained_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    from alframe.models.resnet import ResNet18, WeightsUnavailableError
+
+    def offline(*args, **kwargs):  # what torch.hub raises without a network
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError) as e:
+        ResNet18(10, (3, 32, 32), pretrained=True)
+    msg = str(e.value)
+    assert "resnet18-f37072fd.pth" in msg and "model.net.pretrained=false" in msg and "weights_path" in msg
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        ResNet18(10, (3, 32, 32), pretrained=True, weights_path=str(tmp_path / "nope.pth"))
+
+
+def test_model_errors_stop_the_run_before_any_labelling(tmp_path, store):
+    from alframe.config import ConfigError
+    from alframe.loop import Experiment
+
+    cfg = compose_shared(["model=batchbald_cnn"], tmp_path / "out", store)  # digits are 8x8: too small
+    with pytest.raises(ConfigError, match=r"batchbald_cnn.*\(1, 8, 8\)"):
+        Experiment(cfg, tmp_path / "out" / "job")
+    assert not (tmp_path / "out" / "job" / "queries.csv").exists()

@@ -128,3 +128,60 @@ class BatchBALDCNN(ALNet):
         head = nn.Sequential(nn.Linear(feat, hidden), nn.Dropout(dropout), nn.ReLU(),
                              nn.Linear(hidden, num_classes))
         super().__init__(trunk, head)
+
+
+class LeNet5(ALNet):
+    """LeNet-5 (LeCun et al. 1998, "Gradient-based learning applied to document recognition"),
+    in its common modern form: ReLU and max-pooling, with dropout in the head for MC dropout.
+
+    conv6-5x5 (padding 2), ReLU, max-pool 2, conv16-5x5, ReLU, max-pool 2 (trunk) |
+    fc120, ReLU, fc84, ReLU, dropout, fc C (head). For 28x28 inputs F = 16*5*5 = 400, D = 84.
+
+    Args:
+        num_classes: C.
+        input_shape: ``(C_in, H, W)``; ``H, W >= 12`` with the default padding.
+        padding: padding of the first conv (2 turns 28x28 MNIST into LeNet's 32x32 field).
+        dropout: dropout before the classifier (0 = none; MC strategies need > 0).
+
+    Raises:
+        ValueError: inputs too small for the two 5x5 convs and pools.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], padding: int = 2,
+                 dropout: float = 0.5):
+        trunk = nn.Sequential(
+            nn.Conv2d(input_shape[0], 6, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        )
+        feat = trunk_features(trunk, input_shape, "lenet5")
+        head = nn.Sequential(nn.Linear(feat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                             *([nn.Dropout(dropout)] if dropout > 0 else []), nn.Linear(84, num_classes))
+        super().__init__(trunk, head)
+
+
+class ImageClassifier(ALNet):
+    """The three-conv-layer CNN of the classic PyTorch cats-vs-dogs tutorial, for 64x64 RGB.
+
+    Three blocks of conv 3x3 (padding 1), ReLU, 2x2 max-pool with 64, 64 and 128 filters
+    (trunk) | [dropout_in], fc 128*8*8 -> 512, ReLU, dropout, fc -> C (head). Input channels
+    follow the data; other sizes give F = 128 * (H/8) * (W/8). D = 512.
+
+    Args:
+        num_classes: C.
+        input_shape: ``(C_in, H, W)``; 64x64 intended, ``H, W >= 8``.
+        hidden: width D of the dense layer (512).
+        dropout_in: dropout on the flattened features (0 = none).
+        dropout: dropout before the classifier.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], hidden: int = 512,
+                 dropout_in: float = 0.0, dropout: float = 0.5):
+        def block(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+
+        trunk = nn.Sequential(*block(input_shape[0], 64), *block(64, 64), *block(64, 128), nn.Flatten())
+        feat = trunk_features(trunk, input_shape, "image_classifier")
+        head = nn.Sequential(*([nn.Dropout(dropout_in)] if dropout_in > 0 else []), nn.Linear(feat, hidden),
+                             nn.ReLU(), *([nn.Dropout(dropout)] if dropout > 0 else []),
+                             nn.Linear(hidden, num_classes))
+        super().__init__(trunk, head)
