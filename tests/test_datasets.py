@@ -303,3 +303,23 @@ def test_bad_sizes_are_config_errors_naming_the_key(tmp_path):
     write_mnist_like(tmp_path / "data")
     with pytest.raises(ConfigError, match="dataset.val_size"):
         load(tmp_path, "mnist", tmp_path / "data", "dataset.val_size=500")
+
+
+# --------------------------------------------------------------------------- balanced initial set
+@pytest.mark.parametrize("k", [20, 25])
+def test_class_balanced_initial_set_has_the_per_class_counts(tmp_path, k):
+    from alframe.loop import initial_indices
+    from alframe.state import PoolState
+
+    write_mnist_like(tmp_path / "data", n_train=150)
+    cfg = compose(["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+                   "dataset.val_size=20", f"loop.initial_size={k}", "loop.initial_balanced=true"], tmp_path / "out")
+    data = load_data(cfg.dataset)
+    state = PoolState.create(data.n_train, holdout=data.val_idx)
+    idx = initial_indices(cfg, data, state)
+    assert len(idx) == k == len(np.unique(idx)) and not np.isin(idx, data.val_idx).any()
+    counts = np.bincount(data.targets[idx], minlength=10)
+    assert counts.min() >= k // 10  # k // C per class (Gal et al.: 2 per class), the rest at random
+    if k == 20:
+        assert counts.tolist() == [2] * 10
+    np.testing.assert_array_equal(idx, initial_indices(cfg, data, state))  # seeded
