@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from alframe.data.base import IndexedImages, TensorImageDataset, make_loader
-from alframe.inference import compute_outputs
+from alframe.inference import compute_outputs, keep_mask, sample_head
 from alframe.models.base import ALNet, mc_dropout
 from alframe.models.cnn import GalCNN, SmallCNN
 
@@ -78,21 +78,47 @@ def test_mc_dropout_context_modes():
     assert all(m.training for m in net.modules())
 
 
-def test_head_only_sampling_equals_naive_whole_network_passes_for_fixed_seed():
-    """Deterministic trunk: sampling only the head T times draws exactly the masks that T
-    whole-network passes would draw (the trunk consumes no random numbers)."""
+def test_head_only_sampling_equals_naive_passes_with_the_same_masks():
+    """Fixed seed: the fast head sampler (masks broadcast over the T copies, 1/(1-p) applied
+    after the linear layer, T stacked in groups) equals T plain passes of the network with the
+    same dropout masks applied by hand."""
     ds = digits_pool(40)
-    net = trained_small_cnn(ds, steps=5)
+    net = trained_small_cnn(ds, steps=5).eval()
     assert net.trunk_is_deterministic
-    t = 6
-    torch.manual_seed(123)
-    fast = compute_outputs(net, ds, np.arange(40), {"mc_probs"}, mc_samples=t, batch_size=20).mc_probs
-    torch.manual_seed(123)
-    naive = []
+    t, b = 6, 40
+    d0, lin1, relu, d1, lin2 = net.head
     with torch.no_grad(), mc_dropout(net):
-        for x, _ in make_loader(IndexedImages(ds, np.arange(40)), batch_size=20):  # same loader RNG use
-            naive.append(torch.stack([torch.softmax(net(x), 1) for _ in range(t)], dim=1))
-    torch.testing.assert_close(fast, torch.cat(naive), rtol=1e-5, atol=1e-6)
+        h = net.trunk(ds.x)
+        torch.manual_seed(123)
+        fast = sample_head(net.head, h, t, max_elements=10**9)  # one group: masks drawn in this order
+        torch.manual_seed(123)
+        m0 = keep_mask((t, b, h.shape[1]), d0.p)
+        m1 = keep_mask((t * b, lin1.out_features), d1.p).reshape(t, b, -1)
+        naive = torch.stack([lin2(relu(lin1(h * m0[i] / (1 - d0.p))) * m1[i] / (1 - d1.p)) for i in range(t)], 1)
+        torch.testing.assert_close(fast, naive, rtol=1e-4, atol=1e-5)
+        # grouping the T samples (small blocks) changes nothing but the mask order: same law
+        torch.manual_seed(5)
+        small = sample_head(net.head, h, t, max_elements=h.numel())
+        assert small.shape == (b, t, 10) and not torch.allclose(small[:, 0], small[:, 1])
+    net.eval()
+    with torch.no_grad():
+        det = net.head(h)
+    # dropout really sampled, and every sample is a valid dropout output
+    assert not torch.allclose(fast[:, 0], det)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.3, 0.9])
+def test_keep_mask_is_bernoulli(p):
+    torch.manual_seed(0)
+    raw = keep_mask((200, 1000), p)
+    assert raw.dtype == torch.bool and raw.shape == (200, 1000)
+    m = raw.double()
+    n = m.numel()
+    assert abs(m.mean().item() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)
+    # no correlation between neighbouring entries (bytes/words must not be reused)
+    a, c = m.reshape(-1)[:-1], m.reshape(-1)[1:]
+    corr = ((a - a.mean()) * (c - c.mean())).mean() / (a.std() * c.std())
+    assert abs(corr.item()) < 5 / np.sqrt(n)
 
 
 def test_head_only_equals_fallback_in_distribution(monkeypatch):
