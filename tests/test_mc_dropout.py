@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from alframe.data.base import IndexedImages, TensorImageDataset, make_loader
+from alframe.data.base import TensorImageDataset
 from alframe.inference import compute_outputs, keep_mask, sample_head
 from alframe.models.base import ALNet, mc_dropout
 from alframe.models.cnn import GalCNN, SmallCNN
