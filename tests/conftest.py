@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,24 @@ def compose(overrides: list[str], out: Path):
             f"paths.output_root={out}", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", *overrides])
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An initialised, empty MLflow SQLite store, made once per session: MLflow creates its
+    tables on first use, which takes seconds, so tests copy this file instead."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, mlflow_template) -> Path:
+    """``<tmp_path>/mlflow.db`` (the store :func:`compose` points at), copied from the template."""
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    return tmp_path / "mlflow.db"
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """``make_cfg(*overrides)`` -> composed config writing under ``tmp_path``."""
@@ -37,7 +56,7 @@ def make_cfg(tmp_path):
 
 
 @pytest.fixture
-def run(tmp_path):
+def run(tmp_path, store):
     """``run(*overrides, job="a")`` runs one experiment job and returns its RunResult."""
     from alframe.loop import run_experiment
 
