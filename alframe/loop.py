@@ -646,7 +646,12 @@ def check_query(chosen: np.ndarray, candidates: np.ndarray, state: PoolState, k:
 
 
 def run_experiment(cfg: DictConfig, job_dir: str | Path, sweep_id: str | None = None) -> RunResult:
-    """Build and run one experiment job (see :class:`Experiment`)."""
+    """Build and run one experiment job (see :class:`Experiment`); ``smoke=true`` shrinks it
+    to one tiny round first (:func:`alframe.smoke.apply_smoke`)."""
+    if cfg.get("smoke"):
+        from alframe.smoke import apply_smoke
+
+        cfg = apply_smoke(cfg)
     return Experiment(cfg, Path(job_dir), sweep_id=sweep_id).run()
 
 

@@ -1,0 +1,100 @@
+"""Paper-reproduction configs (conf/experiment/*.yaml): each composes with its protocol, and runs
+one tiny round with ``smoke=true`` on data written in the real on-disk format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from alframe.smoke import apply_smoke
+
+from .conftest import CONFIG_DIR
+from .test_datasets import store, write_cifar, write_mnist_like  # noqa: F401 - store: one MLflow db per session
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+#: protocol values each paper config must keep (from the papers; see the configs' comments)
+PROTOCOL = {
+    "gal2017_mnist": {"dataset.name": "mnist", "model.name": "gal_cnn", "strategy.name": "bald",
+                      "loop.initial_size": 20, "loop.initial_balanced": True, "loop.query_size": 10,
+                      "loop.rounds": 100, "dataset.val_size": 100, "loop.pool_subset": 2000},
+    "batchbald2019_mnist": {"dataset.name": "mnist", "model.name": "batchbald_cnn", "strategy.name": "batchbald",
+                            "loop.initial_size": 20, "loop.query_size": 10},
+    "coreset2018_cifar10": {"dataset.name": "cifar10", "model.name": "resnet18", "strategy.name": "coreset",
+                            "loop.initial_size": 5000, "loop.query_size": 5000},
+    "badge2020_cifar10": {"dataset.name": "cifar10", "model.name": "resnet18", "strategy.name": "badge",
+                          "loop.initial_size": 100, "loop.query_size": 1000,
+                          "model.optimizer._target_": "torch.optim.Adam"},
+    "lueth2023_cifar10_low": {"dataset.name": "cifar10", "model.name": "resnet18", "loop.initial_size": 50,
+                              "loop.initial_balanced": True, "loop.query_size": 50, "loop.rounds": 10},
+}
+
+
+def _compose(overrides, out: Path, store: Path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            f"paths.output_root={out}", f"mlflow.tracking_uri=sqlite:///{store}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """Tiny MNIST (IDX) and CIFAR-10 (pickled batches) copies in one folder."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_like(root, n_train=200, n_test=40)
+    write_cifar(root, n_train=200, n_test=40)
+    return root
+
+
+def test_every_paper_has_a_config_and_a_readme():
+    assert set(PROTOCOL) <= set(EXPERIMENTS)
+    repo = Path(CONFIG_DIR).parent
+    for name in EXPERIMENTS:
+        text = (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_"), name
+        assert "Deviations" in text, name
+        assert (repo / "experiments" / name / "README.md").is_file(), name
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_with_its_protocol(name, tmp_path):
+    cfg = _compose([f"experiment={name}"], tmp_path, tmp_path / "m.db")
+    assert cfg.mlflow.experiment_name == name
+    for key, value in PROTOCOL.get(name, {}).items():
+        assert OmegaConf.select(cfg, key) == value, (name, key)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_smoke_shrinks_sizes_only(tmp_path):
+    cfg = _compose(["experiment=batchbald2019_mnist"], tmp_path, tmp_path / "m.db")
+    small = apply_smoke(cfg)
+    assert (small.loop.rounds, small.loop.initial_size, small.loop.query_size, small.loop.pool_subset) == (1, 20, 10, 64)
+    assert (small.trainer.max_epochs, small.trainer.min_epochs, small.trainer.early_stopping_patience) == (1, 1, None)
+    assert (small.dataset.train_size, small.dataset.test_size, small.dataset.val_size) == (300, 100, 20)
+    assert small.strategy.mc_samples == 4 and small.strategy.name == "batchbald"
+    assert small.model == cfg.model and small.loop.initial_balanced is True
+    assert cfg.loop.rounds == 30  # the original is untouched
+    digits = apply_smoke(_compose([], tmp_path, tmp_path / "m.db"))
+    assert "train_size" not in digits.dataset and digits.loop.pool_subset == 64
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):
+    from alframe.loop import run_experiment
+
+    cfg = _compose([f"experiment={name}", "smoke=true", f"dataset.root={data_root}", "dataset.download=false",
+                    *(["dataset.verify_checksums=false"] if "cifar" in name else [])], tmp_path, store)
+    result = run_experiment(cfg, tmp_path / "job")
+    assert result.status == "finished"
+    assert [h["n_labelled"] for h in result.history] == [20, 30]
+    client = MlflowClient(f"sqlite:///{store}")
+    run = client.get_run(result.run_id)
+    assert client.get_experiment(run.info.experiment_id).name == name
+    assert run.data.params["smoke"] == "True"
+    assert run.data.tags["strategy"] == cfg.strategy.name
+    steps = [m.step for m in client.get_metric_history(result.run_id, "test_accuracy")]
+    assert sorted(steps) == [20, 30]

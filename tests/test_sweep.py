@@ -1,0 +1,139 @@
+"""Sweeps: a real parallel (joblib) multirun on digits, the report over it, launcher configs,
+concurrent creation of a fresh SQLite store, and ``loop.target_accuracy``."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from alframe import report as rp
+from alframe.config import ConfigError
+
+from .conftest import CONFIG_DIR, FAST
+from .test_datasets import store  # noqa: F401 - one MLflow db per session
+
+REPO = Path(CONFIG_DIR).parent
+
+
+def test_joblib_sweep_two_strategies_two_seeds_then_report(tmp_path):
+    """4 jobs, 2 at a time, on a fresh SQLite store: 4 runs, 4 dirs, one sweep id, a report."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(Path(sys.executable).parent / "alframe"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           "strategy=random,entropy", "seed=0,1", "loop.rounds=1", "trainer.max_epochs=1",
+           f"paths.output_root={tmp_path}", "mlflow.experiment_name=sweep_test"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+
+    sweeps = list((tmp_path / "multirun").iterdir())
+    assert len(sweeps) == 1
+    job_dirs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "pool_state.json").is_file())
+    assert len(job_dirs) == 4
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweep_test")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4
+    assert {r.data.tags["sweep_id"] for r in runs} == {sweeps[0].name}
+    assert sorted((r.data.tags["strategy"], r.data.tags["seed"]) for r in runs) == \
+        [("entropy", "0"), ("entropy", "1"), ("random", "0"), ("random", "1")]
+    assert {r.data.tags["run_dir"] for r in runs} == {str(p) for p in job_dirs}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        assert r.data.tags["dataset"] == "digits" and r.data.tags["model"] == "small_cnn"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "test_accuracy")]
+        assert sorted(steps) == [20, 30]
+
+    out = tmp_path / "report"
+    assert rp.main(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "sweep_test",
+                    "--sweep-id", "latest", "--out", str(out)]) == 0
+    rep = rp.build_report(rp.load_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "sweep_test", sweeps[0].name))
+    assert list(rep.summary.group) == ["random", "entropy"] and list(rep.summary.n_seeds) == [2, 2]
+    assert rep.pairwise is not None
+    # each strategy's mean curve is the mean of its two seeds' MLflow values
+    for g in ("random", "entropy"):
+        vals = [client.get_metric_history(r.info.run_id, "test_accuracy") for r in runs
+                if r.data.tags["strategy"] == g]
+        at30 = [m.value for h in vals for m in h if m.step == 30]
+        got = rep.curves[(rep.curves.group == g) & (rep.curves["labels"] == 30)]["mean"].item()
+        assert got == pytest.approx(np.mean(at30))
+    assert (out / "budget_curves.png").is_file() and (out / "summary.md").is_file()
+
+
+def _prepare(uri: str) -> str:
+    from alframe.tracking import prepare_store
+
+    return prepare_store(uri, "race")[1]
+
+
+def test_parallel_first_use_of_a_fresh_sqlite_store(tmp_path):
+    """Without the lock, 4 processes migrating one new SQLite file fail ('table ... already exists')."""
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    with mp.get_context("fork").Pool(4) as pool:
+        ids = pool.map(_prepare, [uri] * 4)
+    assert len(set(ids)) == 1
+    client = MlflowClient(uri)
+    assert [e.name for e in client.search_experiments() if e.name == "race"] == ["race"]
+
+
+@pytest.mark.filterwarnings("ignore:.*is validated against ConfigStore schema")
+@pytest.mark.parametrize("launcher, target", [
+    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+])
+def test_launcher_configs_compose(launcher, target):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    assert "prepare_mlflow_store" in cfg.hydra.callbacks
+    if launcher == "joblib":
+        assert cfg.hydra.launcher.n_jobs == 2
+    else:
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
+
+
+def _run(tmp_path, store_path, *overrides):
+    from alframe.loop import run_experiment
+
+    from .test_datasets import compose_shared
+
+    cfg = compose_shared([*FAST, "mlflow.experiment_name=target_test", *overrides], tmp_path, store_path)
+    return run_experiment(cfg, tmp_path / "job")
+
+
+def test_target_accuracy_stops_and_logs_labels(tmp_path, store):
+    # 5 epochs on digits reach well above 15% test accuracy at 20 labels: stop after round 0
+    res = _run(tmp_path, store, "loop.target_accuracy=0.15", "loop.rounds=3")
+    assert [h["n_labelled"] for h in res.history] == [20]
+    assert res.history[0]["test_accuracy"] >= 0.15
+    assert res.labels_to_target == 20
+    run = MlflowClient(f"sqlite:///{store}").get_run(res.run_id)
+    assert run.data.metrics["labels_to_target"] == 20 and run.data.metrics["target_reached"] == 1
+
+
+def test_target_accuracy_not_reached_runs_all_rounds(tmp_path, store):
+    res = _run(tmp_path, store, "loop.target_accuracy=1.0", "loop.target_metric=val_accuracy", "loop.rounds=1")
+    assert [h["n_labelled"] for h in res.history] == [20, 30]
+    assert np.isnan(res.labels_to_target)
+    run = MlflowClient(f"sqlite:///{store}").get_run(res.run_id)
+    assert run.data.metrics["target_reached"] == 0 and "labels_to_target" not in run.data.metrics
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loop.target_accuracy=1.5"], "loop.target_accuracy=1.5 is invalid"),
+    (["loop.target_accuracy=0.9", "loop.target_metric=val_loss"], "loop.target_metric='val_loss' is invalid"),
+    (["loop.target_accuracy=0.9", "loop.target_metric=val_accuracy", "dataset.val_size=0"],
+     "needs a validation split"),
+])
+def test_target_accuracy_bad_values(tmp_path, store, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        _run(tmp_path, store, *overrides)
