@@ -30,10 +30,11 @@ test: $(STAMP)  ## fast test suite (no `slow` tests)
 test-all: $(STAMP)  ## full test suite, `slow` tests included
 	$(BIN)/python -m pytest $(ARGS)
 
-sweep: $(STAMP)  ## a small real sweep: 2 strategies x 2 seeds on digits
-	$(BIN)/alframe -m strategy=random,entropy seed=0,1 loop.rounds=5 $(ARGS)
+sweep: $(STAMP)  ## a small real sweep: 2 strategies x 2 seeds on digits, 2 jobs at a time (joblib)
+	OMP_NUM_THREADS=1 $(BIN)/alframe -m hydra/launcher=joblib strategy=random,entropy seed=0,1 loop.rounds=5 $(ARGS)
+	@echo "Report: make report ARGS='--sweep-id latest'"
 
-report: $(STAMP)  ## budget-curve report over an MLflow experiment: ARGS="--experiment NAME"
+report: $(STAMP)  ## budget curves, AUBC, labels-to-target tables: ARGS="--experiment NAME --sweep-id latest"
 	$(BIN)/alframe-report $(ARGS)
 
 bench: $(STAMP)  ## speed and memory benchmarks (prints ratios; see README)
