@@ -81,12 +81,14 @@ def summary(result, pending: bool = False) -> None:
     if pending:
         console.print(f"[yellow]Waiting for labels.[/yellow] State saved in {result.run_dir}. "
                       "Run the same command again with loop.resume=true (or "
-                      f"loop.resume={result.run_dir}) to continue.")
+                      f"loop.resume={result.run_dir}) to continue.", soft_wrap=True)
     else:
         console.print(f"[bold green]Done.[/bold green] final test accuracy {result.final_accuracy:.4f}, "
                       f"AUBC {result.aubc:.4f}")
-    console.print(f"Run folder:  {result.run_dir}")
-    console.print(f"MLflow run:  {result.run_id} in experiment '{result.experiment_name}' ({result.tracking_uri})")
+    # soft_wrap: paths and URIs stay on one line so they can be copied
+    console.print(f"Run folder:  {result.run_dir}", soft_wrap=True)
+    console.print(f"MLflow run:  {result.run_id} in experiment '{result.experiment_name}' ({result.tracking_uri})",
+                  soft_wrap=True)
     if result.tracking_uri.startswith("sqlite:///"):
         console.print("Open it:     make ui   (or: mlflow ui --backend-store-uri "
-                      f"{result.tracking_uri}), then http://127.0.0.1:5000 and chart test_accuracy")
+                      f"{result.tracking_uri}), then http://127.0.0.1:5000 and chart test_accuracy", soft_wrap=True)
