@@ -323,3 +323,26 @@ def test_class_balanced_initial_set_has_the_per_class_counts(tmp_path, k):
     if k == 20:
         assert counts.tolist() == [2] * 10
     np.testing.assert_array_equal(idx, initial_indices(cfg, data, state))  # seeded
+
+
+def test_failed_download_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.mnist as tv_mnist
+
+    calls = []
+
+    def offline(url, *args, **kwargs):  # what urllib raises without a network
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
+    with pytest.raises(DatasetError) as e:
+        load(tmp_path, "mnist", tmp_path / "data", "dataset.download=true")
+    msg = str(e.value)
+    assert calls and "downloading failed" in msg and "train-images-idx3-ubyte" in msg
+    assert str(tmp_path / "data" / "MNIST" / "raw") in msg
+    # Files already on disk are used without any download attempt.
+    calls.clear()
+    write_mnist_like(tmp_path / "data")
+    assert load(tmp_path, "mnist", tmp_path / "data", "dataset.download=true").n_train == 120 and not calls

@@ -21,7 +21,7 @@ CLASSES = ["cat", "dog", "fish"]  # digits 0, 1, 2 stand in for three user class
 
 def write_folder(root: Path, per_class: int = 12, size: int = 16, corrupt: bool = True, seed: int = 0) -> dict:
     """``root/<class>/<i>.png`` RGB images of real digits; optionally one corrupt ``.png``."""
-    x, y = digit_images(400, size=size, seed=seed)
+    x, y = digit_images(1797 if per_class > 40 else 400, size=size, seed=seed)
     files = {}
     for c, name in enumerate(CLASSES):
         d = root / name
@@ -207,3 +207,47 @@ def test_unlabelled_folder_with_a_labelled_test_folder(tmp_path):
     shutil.rmtree(tmp_path / "test" / "dog")  # a test folder may cover only some classes
     data = load_data(ucfg(tmp_path, tmp_path / "pool", f"dataset.test_root={tmp_path / 'test'}").dataset)
     assert len(data.test) == 6 and sorted(set(data.test.y.tolist())) == [0, 2]  # cat, fish in classes order
+
+
+def test_unlabelled_folder_annotation_job_with_the_files_oracle(tmp_path, store):
+    """The real case: no labels anywhere; a person fills labels.csv, the run resumes and trains."""
+    import math
+
+    from alframe.loop import run_experiment
+
+    info = write_folder(tmp_path / "_src", per_class=8, corrupt=False)
+    truth = {}
+    for k, (p, (_, c)) in enumerate(sorted(info["files"].items())):
+        dst = tmp_path / "pool" / f"photo_{k:03d}.png"
+        dst.parent.mkdir(exist_ok=True)
+        Path(p).rename(dst)
+        truth[str(dst)] = c
+    overrides = ["dataset=unlabelled_folder", f"dataset.root={tmp_path / 'pool'}", "dataset.classes=[cat,dog,fish]",
+                 "dataset.image_size=16", "oracle=files", "trainer.max_epochs=2", "loop.initial_size=6",
+                 "loop.query_size=4", "loop.rounds=1", "mlflow.experiment_name=unlabelled"]
+    job = tmp_path / "out" / "job"
+    first = run_experiment(compose_shared(overrides, tmp_path / "out", store), job)
+    assert first.status == "pending" and first.history == []
+
+    from alframe.data.base import load_data as load
+
+    paths = load(compose_shared(overrides, tmp_path / "out", store).dataset).extras["paths"]
+
+    def fill(round_dir: Path) -> None:  # the person: the true class name of each queried file
+        with (round_dir / "labels.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            r["label"] = CLASSES[truth[paths[int(r["index"])]]]
+        with (round_dir / "labels.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    fill(job / "queries" / "round_0")
+    second = run_experiment(compose_shared([*overrides, "loop.resume=true"], tmp_path / "out", store), job)
+    assert second.status == "pending" and [h["n_labelled"] for h in second.history] == [6]
+    assert math.isnan(second.history[0]["test_accuracy"])  # no test folder: nothing to measure
+    with (job / "queries.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert all(r["class_name"] == CLASSES[truth[paths[int(r["index"])]]] for r in rows)

@@ -110,7 +110,8 @@ def _missing_error(name: str, spec: VisionSpec, root: Path, download: bool, caus
     files = expected_files(spec, root)
     missing = [str(p) for p in files if not p.is_file()]
     folder = files[0].parent
-    why = (f"downloading failed ({type(cause).__name__}: {cause})" if download and cause is not None
+    cause_text = " ".join(str(cause).split())[:300]  # torchvision's messages span lines
+    why = (f"downloading failed ({type(cause).__name__}: {cause_text})" if download and cause is not None
            else "dataset.download=false")
     shown = ", ".join(Path(m).name for m in missing) if missing else ", ".join(p.name for p in files)
     return DatasetError(
