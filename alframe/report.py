@@ -232,7 +232,7 @@ def mean_curves(runs: Sequence[RunCurve]) -> pd.DataFrame:
         for r in runs:
             if r.group != group:
                 continue
-            for x, y in zip(r.labels.tolist(), r.accuracy.tolist()):
+            for x, y in zip(r.labels.tolist(), r.accuracy.tolist(), strict=True):
                 values.setdefault(int(x), []).append(float(y))
         for x in sorted(values):
             v = np.asarray(values[x])
@@ -268,11 +268,11 @@ def summarise(runs: Sequence[RunCurve], curves: pd.DataFrame, targets: Sequence[
                "labels_max": int(max(r.labels[-1] for r in rs)), "final_acc_mean": float(final.mean()),
                "final_acc_std": _std(final), "aubc_mean": float(areas.mean()), "aubc_std": _std(areas)}
         mc = curves[curves.group == group]
-        mean_hist = [{"n_labelled": x, "acc": y} for x, y in zip(mc["labels"], mc["mean"])]
+        mean_hist = [{"n_labelled": x, "acc": y} for x, y in zip(mc["labels"], mc["mean"], strict=True)]
         for t in targets:
             k = target_key(t)
             per_seed = np.array([labels_to_target([{"n_labelled": x, "acc": y} for x, y in
-                                                   zip(r.labels.tolist(), r.accuracy.tolist())], t, "acc")
+                                                   zip(r.labels.tolist(), r.accuracy.tolist(), strict=True)], t, "acc")
                                  for r in rs])
             per_seed = np.where(np.isnan(per_seed), np.inf, per_seed)
             reached = np.isfinite(per_seed)
@@ -315,7 +315,7 @@ def pairwise_matrix(runs: Sequence[RunCurve]) -> pd.DataFrame | None:
         return None
     points: dict[str, dict[tuple[str, int], float]] = {g: {} for g in groups}
     for r in runs:
-        for x, y in zip(r.labels.tolist()[1:], r.accuracy.tolist()[1:]):
+        for x, y in zip(r.labels.tolist()[1:], r.accuracy.tolist()[1:], strict=True):
             points[r.group][(r.seed, int(x))] = float(y)
     m = pd.DataFrame(np.nan, index=groups, columns=groups, dtype=float)
     for a in groups:
@@ -345,7 +345,7 @@ def build_report(runs: Sequence[RunCurve], targets: Sequence[float] = DEFAULT_TA
         if row.n_seeds == 1:
             notes.append(f"{row.group}: a single seed, no standard deviation")
     if summary.labels_max.nunique() > 1:
-        ends = ", ".join(f"{g} {m}" for g, m in zip(summary.group, summary.labels_max))
+        ends = ", ".join(f"{g} {m}" for g, m in zip(summary.group, summary.labels_max, strict=True))
         notes.append(f"strategies end at different numbers of labels ({ends}): compare AUBC and final "
                      "accuracy with care")
     if baseline not in set(summary.group):

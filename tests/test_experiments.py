@@ -33,7 +33,7 @@ PROTOCOL = {
 }
 
 
-def _compose(overrides, out: Path, store: Path):
+def _compose(overrides, out: Path, store: Path):  # noqa: F811 (fixture)
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -83,7 +83,7 @@ def test_smoke_shrinks_sizes_only(tmp_path):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):
+def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # noqa: F811 (fixture)
     from alframe.loop import run_experiment
 
     cfg = _compose([f"experiment={name}", "smoke=true", f"dataset.root={data_root}", "dataset.download=false",

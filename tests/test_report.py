@@ -25,7 +25,7 @@ def _log_run(client, exp_id, strategy, seed, labels, acc, sweep="s1", status="FI
     tags.update(extra_tags or {})
     run = client.create_run(exp_id, tags=tags)
     client.log_batch(run.info.run_id, metrics=[Metric("test_accuracy", a, 1000 + i, x)
-                                               for i, (x, a) in enumerate(zip(labels, acc))])
+                                               for i, (x, a) in enumerate(zip(labels, acc, strict=True))])
     client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
@@ -154,7 +154,7 @@ def test_plot_data_is_the_mean_and_band(store):
     band = ax.collections[0].get_paths()[0].vertices
     std = np.array([0.0, 0.1, 0.1, 0.05]) / np.sqrt(2)
     mean = np.array([0.5, 0.65, 0.85, 0.925])
-    for x, m, s in zip([20, 30, 40, 50], mean, std):
+    for x, m, s in zip([20, 30, 40, 50], mean, std, strict=True):
         ys = band[np.isclose(band[:, 0], x), 1]
         assert ys.min() == pytest.approx(m - s) and ys.max() == pytest.approx(m + s)
     import matplotlib.pyplot as plt

@@ -73,7 +73,7 @@ def _prepare(uri: str) -> str:
     return prepare_store(uri, "race")[1]
 
 
-def test_parallel_first_use_of_a_fresh_sqlite_store(tmp_path):
+def test_parallel_first_use_of_a_fresh_sqlite_store(tmp_path):  # noqa: F811 (fixture)
     """Without the lock, 4 processes migrating one new SQLite file fail ('table ... already exists')."""
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     with mp.get_context("fork").Pool(4) as pool:
@@ -101,7 +101,7 @@ def test_launcher_configs_compose(launcher, target):
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
 
 
-def _run(tmp_path, store_path, *overrides):
+def _run(tmp_path, store_path, *overrides):  # noqa: F811 (fixture)
     from alframe.loop import run_experiment
 
     from .test_datasets import compose_shared
@@ -110,7 +110,7 @@ def _run(tmp_path, store_path, *overrides):
     return run_experiment(cfg, tmp_path / "job")
 
 
-def test_target_accuracy_stops_and_logs_labels(tmp_path, store):
+def test_target_accuracy_stops_and_logs_labels(tmp_path, store):  # noqa: F811 (fixture)
     # 5 epochs on digits reach well above 15% test accuracy at 20 labels: stop after round 0
     res = _run(tmp_path, store, "loop.target_accuracy=0.15", "loop.rounds=3")
     assert [h["n_labelled"] for h in res.history] == [20]
@@ -120,7 +120,7 @@ def test_target_accuracy_stops_and_logs_labels(tmp_path, store):
     assert run.data.metrics["labels_to_target"] == 20 and run.data.metrics["target_reached"] == 1
 
 
-def test_target_accuracy_not_reached_runs_all_rounds(tmp_path, store):
+def test_target_accuracy_not_reached_runs_all_rounds(tmp_path, store):  # noqa: F811 (fixture)
     res = _run(tmp_path, store, "loop.target_accuracy=1.0", "loop.target_metric=val_accuracy", "loop.rounds=1")
     assert [h["n_labelled"] for h in res.history] == [20, 30]
     assert np.isnan(res.labels_to_target)
@@ -134,6 +134,6 @@ def test_target_accuracy_not_reached_runs_all_rounds(tmp_path, store):
     (["loop.target_accuracy=0.9", "loop.target_metric=val_accuracy", "dataset.val_size=0"],
      "needs a validation split"),
 ])
-def test_target_accuracy_bad_values(tmp_path, store, overrides, message):
+def test_target_accuracy_bad_values(tmp_path, store, overrides, message):  # noqa: F811 (fixture)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         _run(tmp_path, store, *overrides)
