@@ -122,7 +122,8 @@ def latest_sweep_id(client, experiment_id: str) -> str:
 
 def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None,
               tags: Mapping[str, str] | None = None, metric: str = "test_accuracy",
-              group_by: str = "strategy", notes: list[str] | None = None) -> list[RunCurve]:
+              group_by: str = "strategy", notes: list[str] | None = None,
+              finished_only: bool = False) -> list[RunCurve]:
     """Budget curves of the matching runs of ``experiment``.
 
     Args:
@@ -133,6 +134,7 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None,
         metric: per-round metric to read (logged at ``step`` = number of labels).
         group_by: tag that names a curve's group (``strategy``).
         notes: list that receives human-readable notes about skipped runs.
+        finished_only: leave out runs that are still running (or waiting for labels).
 
     Returns:
         One :class:`RunCurve` per run with at least one value of ``metric``; failed/killed runs
@@ -170,7 +172,7 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None,
         t = run.data.tags
         if t.get(REPORT_TAG) == "true":
             continue
-        if run.info.status in ("FAILED", "KILLED"):
+        if run.info.status in ("FAILED", "KILLED") or (finished_only and run.info.status != "FINISHED"):
             notes.append(f"skipped run {run.info.run_id} ({t.get(group_by, '?')}, seed {t.get('seed', '?')}): "
                          f"status {run.info.status}")
             continue
@@ -549,7 +551,8 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
 def make_report(tracking_uri: str, experiment: str, sweep_id: str | None = None,
                 tags: Mapping[str, str] | None = None, out: str | Path | None = None,
                 targets: Sequence[float] = DEFAULT_TARGETS, baseline: str = "random",
-                metric: str = "test_accuracy", log_to_mlflow: bool = True, show: bool = True) -> tuple[Report, Path]:
+                metric: str = "test_accuracy", log_to_mlflow: bool = True, show: bool = True,
+                finished_only: bool = False) -> tuple[Report, Path]:
     """Read the runs, compute the report, write it to ``out`` and log it to MLflow.
 
     Args:
@@ -562,7 +565,8 @@ def make_report(tracking_uri: str, experiment: str, sweep_id: str | None = None,
         ReportError: see :func:`load_runs`.
     """
     notes: list[str] = []
-    runs = load_runs(tracking_uri, experiment, sweep_id, tags, metric=metric, notes=notes)
+    runs = load_runs(tracking_uri, experiment, sweep_id, tags, metric=metric, notes=notes,
+                     finished_only=finished_only)
     if sweep_id == "latest":
         sweep_id = runs[0].tags.get("sweep_id")
     report = build_report(runs, targets, baseline, notes)
@@ -619,12 +623,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="target accuracies for the labels-to-target columns (default: 0.90 0.95)")
     p.add_argument("--baseline", default="random", help="strategy the label savings are relative to")
     p.add_argument("--metric", default="test_accuracy", help="per-round metric (default: test_accuracy)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="leave out runs still running or waiting for labels (partial curves)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report as an MLflow run")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri("outputs")
     try:
         make_report(uri, args.experiment, args.sweep_id, dict(args.tag), args.out, tuple(args.targets),
-                    args.baseline, args.metric, log_to_mlflow=not args.no_mlflow)
+                    args.baseline, args.metric, log_to_mlflow=not args.no_mlflow,
+                    finished_only=args.finished_only)
     except ReportError as e:
         print(f"alframe-report: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ def _log_run(client, exp_id, strategy, seed, labels, acc, sweep="s1", status="FI
     run = client.create_run(exp_id, tags=tags)
     client.log_batch(run.info.run_id, metrics=[Metric("test_accuracy", a, 1000 + i, x)
                                                for i, (x, a) in enumerate(zip(labels, acc, strict=True))])
-    client.set_terminated(run.info.run_id, status=status)
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
 
@@ -41,6 +42,7 @@ def store(tmp_path_factory):
     _log_run(client, exp, "random", "0", [20, 30], [0.1, 0.1], sweep="s0")
     _log_run(client, exp, "entropy", "2", [20, 30], [0.0, 0.0], status="FAILED")
     _log_run(client, exp, "random", "5", [20], [0.0], extra_tags={rp.REPORT_TAG: "true"})
+    _log_run(client, exp, "random", "7", [20], [0.3], sweep="s2", status="RUNNING")
     client.create_experiment("empty")
     return uri
 
@@ -54,7 +56,9 @@ def test_load_runs_filters(store):
         np.testing.assert_array_equal(r.labels, labels)
         np.testing.assert_array_equal(r.accuracy, acc)
     assert any("FAILED" in n for n in notes)
-    runs = rp.load_runs(store, "exp", tags={"strategy": "random"})  # both sweeps, no report run
+    runs = rp.load_runs(store, "exp", tags={"strategy": "random"})  # all sweeps, no report run
+    assert sorted(r.seed for r in runs) == ["0", "0", "1", "7"]
+    runs = rp.load_runs(store, "exp", tags={"strategy": "random"}, finished_only=True)
     assert sorted(r.seed for r in runs) == ["0", "0", "1"]
 
 
