@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
 from alframe.data.digits import digits
@@ -50,7 +51,8 @@ def wait_for_answers(out: Path, round: int, n: int, proc: subprocess.Popen, time
     raise AssertionError(f"no {n} answers for round {round} within {timeout} s:\n{proc.stdout.read()}")
 
 
-def test_sigkill_while_labelling_loses_nothing(store, tmp_path):
+@pytest.mark.usefixtures("store")  # a copied, initialised MLflow store
+def test_sigkill_while_labelling_loses_nothing(tmp_path):
     data = digits()
     y = data.targets
     first = initial_indices(compose(OVERRIDES, tmp_path), data, PoolState.create(data.n_train, data.val_idx))

@@ -204,7 +204,7 @@ def test_terminal_scripted_session(data, tmp_path):
     o, out = terminal(data, tmp_path, script)
     res = o.label(req)
     assert not res.pending
-    assert dict(zip(res.idx.tolist(), res.labels.tolist())) == {5: 1, 9: 3, 11: 7, 20: 2}
+    assert dict(zip(res.idx.tolist(), res.labels.tolist(), strict=True)) == {5: 1, 9: 3, 11: 7, 20: 2}
     assert res.info["skipped"] == 1.0  # 30 returns to the pool
     assert len(res.seconds) == 4 and (res.seconds >= 0).all()
     text = out.getvalue()
@@ -291,7 +291,7 @@ def test_pseudo_labels_train_but_never_enter_the_pool_state(store, tmp_path, mon
     counts = dict(metric(res.tracking_uri, res.run_id, "pseudo_labels"))
     accs = dict(metric(res.tracking_uri, res.run_id, "pseudo_label_accuracy"))
     assert seen[0][2] is None  # round 0 has no previous model
-    for r, labelled_then, pseudo in seen[1:]:
+    for _, labelled_then, pseudo in seen[1:]:
         idx, yp = pseudo
         assert len(idx) > 0
         assert not labelled_then[idx].any()  # only pool samples

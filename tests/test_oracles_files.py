@@ -80,7 +80,7 @@ def test_csv_round_trip(oracle, data, tmp_path):
     path = tmp_path / "queries" / "round_2" / "labels.csv"
     rows = read_csv(path)
     truth = data.targets[IDX]
-    for r, y in zip(rows, truth):
+    for r, y in zip(rows, truth, strict=True):
         r["label"] = str(y)
     rows[2]["label"] = "skip"
     write_csv(path, rows)
@@ -97,7 +97,7 @@ def test_label_studio_json_and_json_min_round_trip(oracle, data, tmp_path):
     tasks = json.loads((d / "label_studio_tasks.json").read_text())
     truth = data.targets[IDX]
     export = []
-    for n, (t, y) in enumerate(zip(tasks, truth)):
+    for n, (t, y) in enumerate(zip(tasks, truth, strict=True)):
         older = {"id": 1, "created_at": "2026-01-01T10:00:00Z", "was_cancelled": False,
                  "result": [{"from_name": "label", "to_name": "image", "type": "choices",
                              "value": {"choices": ["0"]}}]}
@@ -113,7 +113,7 @@ def test_label_studio_json_and_json_min_round_trip(oracle, data, tmp_path):
 
     (d / "export.json").write_text(json.dumps(
         [{"id": 7, "image": t["data"]["image"], "index": t["data"]["index"], "label": str(y)}
-         for t, y in zip(tasks, truth)]))
+         for t, y in zip(tasks, truth, strict=True)]))
     res = oracle.label(request())
     np.testing.assert_array_equal(res.labels, truth)
 
@@ -186,7 +186,8 @@ def test_label_studio_errors(oracle, tmp_path):
     assert "missing rows for indices [42]" in msg
 
 
-def test_files_oracle_through_the_loop(store, tmp_path):
+@pytest.mark.usefixtures("store")  # a copied, initialised MLflow store
+def test_files_oracle_through_the_loop(tmp_path):
     """Run stops pending; a bad CSV stops the resumed run with nothing recorded; the fixed CSV
     and then a Label Studio export continue the same MLflow run to the end."""
     y = digits().targets

@@ -106,7 +106,7 @@ def test_bad_requests_are_refused_and_store_nothing(oracle, tmp_path, data):
     assert client.get("/api/image/99999").status_code == 404
     assert answers_on_disk(tmp_path) == {}
     assert client.get("/api/state").get_json()["progress"]["done"] == 0
-    for i, y in zip(IDX, (1, 1, 1)):
+    for i, y in zip(IDX, (1, 1, 1), strict=True):
         assert client.post("/api/label", json={"index": int(i), "label": y}).status_code == 200
     t.join(5)
     assert out["result"].labels.tolist() == [1, 1, 1]
@@ -128,7 +128,7 @@ def test_restart_continues_where_the_person_stopped(data, tmp_path):
         c.post("/api/label", json={"index": 10, "label": 0})
         c.post("/api/label", json={"index": 17, "label": "9"})
         t2.join(5)
-        assert dict(zip(out["result"].idx.tolist(), out["result"].labels.tolist())) == {4: 6, 10: 0, 17: 9}
+        assert dict(zip(out["result"].idx.tolist(), out["result"].labels.tolist(), strict=True)) == {4: 6, 10: 0, 17: 9}
     finally:
         second.close()
 

@@ -42,7 +42,8 @@ def on_disk(run_dir: Path, round: int) -> dict[int, object]:
     return {a["index"]: a["label"] for a in json.loads(path.read_text())["answers"]}
 
 
-def test_label_two_rounds_in_headless_chromium(store, tmp_path):
+@pytest.mark.usefixtures("store")  # a copied, initialised MLflow store
+def test_label_two_rounds_in_headless_chromium(tmp_path):
     y = digits().targets
     cfg = compose(["oracle=web", "oracle.port=0", "trainer.max_epochs=2", "loop.initial_size=6",
                    "loop.query_size=4", "loop.rounds=1", "strategy=margin"], tmp_path)

@@ -24,7 +24,7 @@ class TerminalOracle(Oracle):
     Enter accepts the suggestion; a class number or name; ``s`` skips (the sample returns to
     the pool); ``u`` undoes the previous answer of this batch; ``q`` saves and quits (the run
     stops, ``loop.resume=true`` continues); ``?`` shows help. Invalid input is re-asked.
-    End of input (Ctrl-D, a closed pipe) counts as ``q``.
+    End of input (Ctrl-D, a closed pipe) and Ctrl-C count as ``q``.
 
     Every answer is written at once to ``<run_dir>/answers/round_<r>.json`` (see
     :class:`~alframe.oracles.answers.AnswerStore`), so a killed process loses nothing.
@@ -50,7 +50,10 @@ class TerminalOracle(Oracle):
         """One line of input without the newline; None at end of input."""
         self.console.print(prompt, end="")
         stream = self.input_stream if self.input_stream is not None else sys.stdin
-        line = stream.readline()
+        try:
+            line = stream.readline()
+        except KeyboardInterrupt:  # Ctrl-C: save and quit like q
+            line = ""
         if line == "":
             self.console.print()
             return None

@@ -275,6 +275,12 @@ class WebOracle(Oracle):
                     progress.console.print(f"[yellow]oracle.timeout_s={self.timeout_s:g} s passed; "
                                            f"{len(result.idx)} labels saved, the rest is pending[/yellow]")
                     return result
+        except KeyboardInterrupt:  # Ctrl-C: save and stop like a deliberate quit
+            with self.session.lock:
+                result = self.session.store.result(pending=True)
+            progress.console.print(f"\n[yellow]Interrupted: {len(result.idx)} labels of this batch saved; "
+                                   "run again with loop.resume=true to continue.[/yellow]")
+            return result
         finally:
             self.session.close_batch()
 
