@@ -167,3 +167,14 @@ def test_only_local_hosts_and_valid_ports(data, tmp_path):
             WebOracle(port=a.server.server_port).setup(data, tmp_path)
     finally:
         a.close()
+
+
+def test_resume_may_use_another_port(tmp_path):
+    """A person may restart the labelling page on another port (the old one may be taken)."""
+    from alframe.config import config_fingerprint
+
+    from .conftest import compose
+    a = compose(["oracle=web", "oracle.port=8765"], tmp_path)
+    b = compose(["oracle=web", "oracle.port=9000", "oracle.timeout_s=60", "oracle.open_browser=true"], tmp_path)
+    c = compose(["oracle=web", "oracle.port=8765", "loop.query_size=5"], tmp_path)
+    assert config_fingerprint(a) == config_fingerprint(b) != config_fingerprint(c)
