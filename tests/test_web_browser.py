@@ -21,8 +21,9 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 if CHROMIUM is None:
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); the browser test needs it",
                 allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="the playwright Python package is not installed (pip install -e '.[dev]')")
+# The playwright Python package comes with the dev extra (pip install -e '.[dev]'); its absence is
+# an installation error, not a reason to skip.
+from playwright import sync_api  # noqa: E402
 
 from alframe.data.digits import digits  # noqa: E402
 from alframe.loop import Experiment  # noqa: E402
