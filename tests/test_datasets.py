@@ -123,10 +123,9 @@ def compose_shared(overrides: list[str], out: Path, store: Path):
 _STORE: list[Path] = []
 
 
-@pytest.fixture
-def store(tmp_path_factory) -> Path:
+def shared_store(tmp_path_factory) -> Path:
     """One MLflow SQLite store shared by the end-to-end runs of all dataset/model test modules
-    (each run uses its own MLflow experiment name)."""
+    (each run uses its own MLflow experiment name); modules wrap it in a ``store`` fixture."""
     if not _STORE:
         _STORE.append(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
     return _STORE[0]
@@ -196,16 +195,16 @@ def test_missing_files_error_names_files_folder_and_how_to_get_them(tmp_path):
     assert "dataset.download=true" in msg and "dataset.root" in msg
 
 
-def test_missing_files_on_the_command_line_exit_2_without_traceback(tmp_path):
-    import subprocess
-    import sys
+def test_missing_files_reach_the_command_line_as_a_config_error(tmp_path):
+    """The ``alframe`` command prints a ConfigError as one line and exits 2 (no traceback):
+    the loop must see the DatasetError itself, not Hydra's InstantiationException around it."""
+    from alframe.config import ConfigError
+    from alframe.loop import Experiment
 
-    proc = subprocess.run([sys.executable, "-m", "alframe.cli", "dataset=mnist", f"dataset.root={tmp_path}/x",
-                           "dataset.download=false", f"paths.output_root={tmp_path}/out"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "alframe: error: dataset 'mnist'" in proc.stderr and "train-images-idx3-ubyte" in proc.stderr
+    cfg = compose(["dataset=mnist", f"dataset.root={tmp_path}/x", "dataset.download=false"], tmp_path / "out")
+    with pytest.raises(DatasetError) as e:
+        Experiment(cfg, tmp_path / "out" / "job")
+    assert isinstance(e.value, ConfigError) and "train-images-idx3-ubyte" in str(e.value)
 
 
 @pytest.mark.parametrize("name,folder,first_class", [("fashion_mnist", "FashionMNIST", "T-shirt/top"),

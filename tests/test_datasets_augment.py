@@ -3,6 +3,8 @@ batches only: never pool scoring, validation or test evaluation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,13 @@ from alframe.data.base import LabelledView, load_data, make_loader
 from alframe.data.transforms import train_transform
 
 from .conftest import compose
-from .test_datasets import compose_shared, store, write_mnist_like  # noqa: F401 (fixture)
+from .test_datasets import compose_shared, shared_store, write_mnist_like
+
+
+@pytest.fixture
+def store(tmp_path_factory) -> Path:
+    """The MLflow store shared by this session's dataset/model end-to-end runs."""
+    return shared_store(tmp_path_factory)
 
 
 class Recorder(torch.nn.Module):

@@ -14,7 +14,13 @@ from alframe.data.base import DatasetError, load_data
 from alframe.data.folders import read_images
 
 from .conftest import compose
-from .test_datasets import compose_shared, digit_images, store  # noqa: F401 (fixture)
+from .test_datasets import compose_shared, digit_images, shared_store
+
+
+@pytest.fixture
+def store(tmp_path_factory) -> Path:
+    """The MLflow store shared by this session's dataset/model end-to-end runs."""
+    return shared_store(tmp_path_factory)
 
 CLASSES = ["cat", "dog", "fish"]  # digits 0, 1, 2 stand in for three user classes
 

@@ -15,8 +15,14 @@ from alframe.inference import compute_outputs
 from alframe.models.base import ALNet, mc_dropout
 
 from .conftest import REPO
-from .test_datasets import compose_shared, store, write_cifar, write_mnist_like  # noqa: F401 (fixture)
+from .test_datasets import compose_shared, shared_store, write_cifar, write_mnist_like
 from .test_image_folder import write_folder
+
+
+@pytest.fixture
+def store(tmp_path_factory) -> Path:
+    """The MLflow store shared by this session's dataset/model end-to-end runs."""
+    return shared_store(tmp_path_factory)
 
 MODEL_DIR = REPO / "conf" / "model"
 
