@@ -21,7 +21,6 @@ from alframe.loop import Experiment, initial_indices
 from alframe.state import PoolState
 
 from .conftest import compose
-from .test_oracles import mlflow_template, store  # noqa: F401 (fixtures)
 
 OVERRIDES = ["oracle=terminal", "oracle.preview=false", "trainer.max_epochs=2", "loop.initial_size=6",
              "loop.query_size=4", "loop.rounds=1", "strategy=margin"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -25,29 +24,6 @@ TINY = ["trainer.max_epochs=2", "loop.initial_size=6", "loop.query_size=4", "loo
 @pytest.fixture(scope="module")
 def data():
     return digits()
-
-
-_TEMPLATE: dict[str, object] = {}
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory):
-    """An initialised, empty MLflow SQLite store, made once per test session (the other oracle
-    test modules import this fixture; the module-level cache makes them share one file).
-    MLflow creates its tables on first use, which takes seconds; tests copy the file instead
-    (to ``<tmp_path>/mlflow.db``, the store ``compose`` points at)."""
-    if "path" not in _TEMPLATE:
-        path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-        MlflowClient(f"sqlite:///{path}").search_experiments()
-        _TEMPLATE["path"] = path
-    return _TEMPLATE["path"]
-
-
-@pytest.fixture
-def store(tmp_path, mlflow_template):
-    """``<tmp_path>/mlflow.db``, copied from :func:`mlflow_template`."""
-    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
-    return tmp_path / "mlflow.db"
 
 
 def metric(res_or_uri, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -16,7 +16,6 @@ from alframe.oracles import FilesOracle, LabelImportError, LabelRequest
 from alframe.state import PoolState
 
 from .conftest import compose
-from .test_oracles import mlflow_template, store  # noqa: F401 (fixtures)
 
 IDX = np.array([3, 8, 15, 42])
 

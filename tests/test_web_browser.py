@@ -30,7 +30,6 @@ from alframe.loop import Experiment  # noqa: E402
 from alframe.state import PoolState  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-from .test_oracles import mlflow_template, store  # noqa: E402, F401 (fixtures)
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
