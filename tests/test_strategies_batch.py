@@ -279,3 +279,27 @@ def test_cluster_margin_takes_low_margin_points_across_clusters():
     assert sorted(picks) == list(range(6))
     with pytest.raises(ValueError, match="margin_factor"):
         ClusterMargin(margin_factor=0.5)
+
+
+@pytest.mark.parametrize("seed,n_lab", [(0, 20), (1, 0), (2, 5)])
+def test_k_center_pruning_is_exact(seed, n_lab):
+    """The triangle-inequality pruning picks exactly what the plain greedy picks (clustered data,
+    where pruning skips most points, and isotropic data, where it skips few)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(8, 16, generator=g) * 6
+    x = centres[torch.randint(8, (400,), generator=g)] + torch.randn(400, 16, generator=g)
+    lab = x[:n_lab] + 0.1
+    for data in (x, torch.randn(300, 16, generator=g)):
+        plain = k_center_greedy(data, lab if n_lab else data[:0], 40, rng(seed), prune=False)
+        pruned = k_center_greedy(data, lab if n_lab else data[:0], 40, rng(seed), chunk_rows=64)
+        assert pruned.tolist() == plain.tolist()
+    # and the brute force in float64 agrees on the clustered data
+    xd, ld = x.double(), lab.double()
+    dist = torch.cdist(xd, ld).min(1).values if n_lab else torch.full((400,), float("inf"), dtype=torch.float64)
+    ref = []
+    for step in range(40):
+        j = int(rng(seed).integers(400)) if (step == 0 and not n_lab) else int(torch.argmax(dist))
+        ref.append(j)
+        dist = torch.minimum(dist, (xd - xd[j]).norm(dim=1))
+        dist[ref] = -float("inf")
+    assert k_center_greedy(x, lab if n_lab else x[:0], 40, rng(seed)).tolist() == ref

@@ -29,36 +29,53 @@ def sorted_view(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
     return idx[order], order
 
 
-def min_sq_distances(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+def sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """``[N]`` squared row norms of ``x: [N, D]`` without an N x D temporary."""
+    return torch.linalg.vector_norm(x, dim=1).square_()
+
+
+def min_sq_distances(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS,
+                     return_argmin: bool = False):
     """Squared Euclidean distance from each row of ``x`` to its nearest row of ``y``.
 
     Args:
         x: ``[N, D]`` float.
-        y: ``[L, D]`` float (L may be 0: every distance is then +inf).
+        y: ``[L, D]`` float (L may be 0: every distance is then +inf, every argmin -1).
+        return_argmin: also return the nearest row of ``y``.
 
     Returns:
-        ``[N]`` in ``x``'s dtype, >= 0. Memory: one ``chunk_rows x chunk_rows`` block.
+        ``[N]`` in ``x``'s dtype, >= 0 (and ``[N] int64`` argmin when asked). Memory: one
+        ``chunk_rows x chunk_rows`` block.
     """
     out = torch.full((x.shape[0],), torch.inf, dtype=x.dtype)
-    if y.shape[0] == 0 or x.shape[0] == 0:
-        return out
-    xn = x.square().sum(1)
-    yn = y.square().sum(1)
-    for a in range(0, x.shape[0], chunk_rows):
-        xa, xna = x[a:a + chunk_rows], xn[a:a + chunk_rows]
-        best = out[a:a + chunk_rows]
-        for b in range(0, y.shape[0], chunk_rows):
-            d = torch.addmm(xna[:, None] + yn[None, b:b + chunk_rows], xa, y[b:b + chunk_rows].T, alpha=-2.0)
-            torch.minimum(best, d.min(dim=1).values, out=best)
-    return out.clamp_min_(0.0)
+    arg = torch.full((x.shape[0],), -1, dtype=torch.int64)
+    if y.shape[0] and x.shape[0]:
+        xn = sq_norms(x)
+        yn = sq_norms(y)
+        for a in range(0, x.shape[0], chunk_rows):
+            xa, xna = x[a:a + chunk_rows], xn[a:a + chunk_rows]
+            best, best_arg = out[a:a + chunk_rows], arg[a:a + chunk_rows]
+            for b in range(0, y.shape[0], chunk_rows):
+                d = torch.addmm(xna[:, None] + yn[None, b:b + chunk_rows], xa, y[b:b + chunk_rows].T, alpha=-2.0)
+                v, i = d.min(dim=1)
+                closer = v < best
+                best[closer] = v[closer]
+                best_arg[closer] = i[closer] + b
+        out.clamp_min_(0.0)
+    return (out, arg) if return_argmin else out
 
 
 def k_center_greedy(x: torch.Tensor, centres: torch.Tensor, k: int, rng: np.random.Generator,
-                    chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+                    chunk_rows: int = CHUNK_ROWS, prune: bool = True) -> np.ndarray:
     """Greedy k-center: repeatedly take the point farthest from all centres so far.
 
     Sener & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set
     Approach", Algorithm 1.
+
+    Each point remembers its nearest centre and each centre an upper bound ``r_c`` on the
+    distance of its points. A new centre ``c'`` can only come closer to a point of centre ``c``
+    if ``|c' - c| < 2 r_c`` (triangle inequality), so with ``prune`` only those points are
+    re-measured: exact, and on clustered embeddings far fewer than N distances per step.
 
     Args:
         x: ``[N, D]`` float candidate points.
@@ -66,35 +83,63 @@ def k_center_greedy(x: torch.Tensor, centres: torch.Tensor, k: int, rng: np.rand
             drawn uniformly with ``rng`` (as in the authors' code).
         k: number of points to pick (1 <= k <= N).
         rng: random generator (used only when L = 0).
+        chunk_rows: rows per block for the initial N x L distances.
+        prune: skip points the triangle inequality rules out (same result, less work).
 
     Returns:
         ``[k] int64`` row positions in ``x``, in selection order; the first maximum (lowest
         row) wins ties.
     """
-    n = x.shape[0]
-    dist = min_sq_distances(x, centres, chunk_rows)
-    xn = x.square().sum(1)
+    n, n_lab = x.shape[0], centres.shape[0]
+    xn = sq_norms(x)
+    dist, owner = min_sq_distances(x, centres, chunk_rows, return_argmin=True)
+    ctr = torch.empty(n_lab + k, x.shape[1], dtype=x.dtype)  # all centres so far
+    ctr[:n_lab] = centres
+    ctr_n = torch.empty(n_lab + k, dtype=x.dtype)  # their squared norms
+    ctr_n[:n_lab] = sq_norms(centres)
+    radius = torch.zeros(n_lab + k, dtype=x.dtype)  # upper bound of member distances (Euclidean)
+    if n_lab:
+        radius.scatter_reduce_(0, owner, dist.sqrt(), reduce="amax")
+    # slack so float32 rounding never prunes a point that could move
+    slack = 1e-3 * max(float(x.max()), -float(x.min())) * x.shape[1] ** 0.5 if n else 0.0
+    everyone = torch.arange(n)
     chosen = []
     for step in range(k):
-        if step == 0 and centres.shape[0] == 0:
+        if step == 0 and n_lab == 0:
             j = int(rng.integers(n))
         else:
             j = int(torch.argmax(dist))
         chosen.append(j)
-        c = x[j]
-        d = torch.addmv(xn + c.square().sum(), x, c, alpha=-2.0).clamp_min_(0.0)
-        torch.minimum(dist, d, out=dist)
+        c, q = x[j], n_lab + step
+        ctr[q], ctr_n[q] = c, xn[j]
+        rows = everyone
+        if prune and q > 0:
+            cc = torch.addmv(ctr_n[:q] + xn[j], ctr[:q], c, alpha=-2.0).clamp_min_(0.0).sqrt_()
+            near = cc < 2.0 * radius[:q] * (1 + 1e-3) + slack
+            candidates = torch.nonzero(near[owner]).squeeze(1)
+            if len(candidates) < n // 4:  # else a full pass is cheaper than gathering rows
+                rows = candidates
+        if rows is everyone:
+            d = torch.addmv(xn + xn[j], x, c, alpha=-2.0).clamp_min_(0.0)
+        else:
+            d = torch.addmv(xn[rows] + xn[j], x.index_select(0, rows), c, alpha=-2.0).clamp_min_(0.0)
+        better = d < dist[rows]
+        moved = rows[better]
+        dist[moved] = d[better]
+        owner[moved] = q
+        radius[q] = d[better].max().sqrt() if len(moved) else 0.0
         dist[j] = -torch.inf  # exact: a chosen point never wins again, even among duplicates
     return np.asarray(chosen, dtype=np.int64)
 
 
-def _centred(*parts: torch.Tensor) -> list[torch.Tensor]:
-    """float32 copies shifted by the common mean: the |x|^2 + |y|^2 - 2 x.y expansion then
-    loses far less precision to cancellation."""
-    parts = [p.float() for p in parts]
-    nonempty = [p for p in parts if p.shape[0]]
-    mean = torch.cat(nonempty).mean(0) if nonempty else 0.0
-    return [p - mean for p in parts]
+def _centred(x: torch.Tensor, order: np.ndarray, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 copies of ``x[order]`` and ``lab``, shifted by their common mean (in place on the
+    copies: one N x D allocation). The |x|^2 + |y|^2 - 2 x.y expansion then loses far less
+    precision to cancellation."""
+    x = x.index_select(0, torch.as_tensor(order)).float()
+    lab = lab.float().reshape(-1, x.shape[1])
+    mean = (x.sum(0) + lab.sum(0)) / (x.shape[0] + lab.shape[0])  # any shift is exact; this one helps
+    return x.sub_(mean), lab - mean
 
 
 class CoreSet(QueryStrategy):
@@ -123,9 +168,7 @@ class CoreSet(QueryStrategy):
     def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
         idx, order = sorted_view(outputs)
-        x = outputs.require("embeddings")[torch.as_tensor(order)]
-        lab = outputs.require("labelled_embeddings")
-        x, lab = _centred(x, lab)
+        x, lab = _centred(outputs.require("embeddings"), order, outputs.require("labelled_embeddings"))
         return idx[k_center_greedy(x, lab, min(k, len(idx)), rng, self.chunk_rows)]
 
 
@@ -241,7 +284,7 @@ def badge_seeding(p: torch.Tensor, h: torch.Tensor, k: int, rng: np.random.Gener
     n = p.shape[0]
     a = p.clone()
     a[torch.arange(n), p.argmax(dim=1)] -= 1.0  # p - e_yhat
-    an, hn = a.square().sum(1), h.square().sum(1)
+    an, hn = sq_norms(a), sq_norms(h)
     gn = an * hn  # |g_i|^2
     j = int(torch.argmax(gn))  # first centre: largest gradient norm (first maximum on ties)
     chosen = [j]
