@@ -200,7 +200,7 @@ def load_vision(name: str, root: str | Path = "data", download: bool = True, val
     spec = SPECS[key]
     root = Path(str(root)).expanduser()
     train_ds = open_split(key, spec, root, True, bool(download), verify_checksums)
-    test_ds = open_split(key, spec, root, False, False, verify_checksums)
+    test_ds = open_split(key, spec, root, False, bool(download), verify_checksums)  # SVHN fetches per split
     x_tr, y_tr = _images(train_ds, spec)
     x_te, y_te = _images(test_ds, spec)
     classes = list(spec.classes) if spec.classes is not None else [str(c) for c in train_ds.classes]
