@@ -7,6 +7,7 @@ candidates, never an M x M distance matrix nor BADGE's M x (C * D) gradient matr
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -27,6 +28,20 @@ def sorted_view(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
     idx = np.asarray(outputs.idx, dtype=np.int64)
     order = np.argsort(idx, kind="stable")
     return idx[order], order
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Run a greedy loop of small, memory-bound tensor ops on one intra-op thread, restoring the
+    previous setting after: each step is too short to repay an OpenMP fork/join, and on a
+    shared (oversubscribed) CPU the join waits for a descheduled thread (measured: 4x slower
+    k-center steps with 2 threads under load)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def sq_norms(x: torch.Tensor) -> torch.Tensor:
@@ -104,31 +119,32 @@ def k_center_greedy(x: torch.Tensor, centres: torch.Tensor, k: int, rng: np.rand
     slack = 1e-3 * max(float(x.max()), -float(x.min())) * x.shape[1] ** 0.5 if n else 0.0
     everyone = torch.arange(n)
     chosen = []
-    for step in range(k):
-        if step == 0 and n_lab == 0:
-            j = int(rng.integers(n))
-        else:
-            j = int(torch.argmax(dist))
-        chosen.append(j)
-        c, q = x[j], n_lab + step
-        ctr[q], ctr_n[q] = c, xn[j]
-        rows = everyone
-        if prune and q > 0:
-            cc = torch.addmv(ctr_n[:q] + xn[j], ctr[:q], c, alpha=-2.0).clamp_min_(0.0).sqrt_()
-            near = cc < 2.0 * radius[:q] * (1 + 1e-3) + slack
-            candidates = torch.nonzero(near[owner]).squeeze(1)
-            if len(candidates) < n // 4:  # else a full pass is cheaper than gathering rows
-                rows = candidates
-        if rows is everyone:
-            d = torch.addmv(xn + xn[j], x, c, alpha=-2.0).clamp_min_(0.0)
-        else:
-            d = torch.addmv(xn[rows] + xn[j], x.index_select(0, rows), c, alpha=-2.0).clamp_min_(0.0)
-        better = d < dist[rows]
-        moved = rows[better]
-        dist[moved] = d[better]
-        owner[moved] = q
-        radius[q] = d[better].max().sqrt() if len(moved) else 0.0
-        dist[j] = -torch.inf  # exact: a chosen point never wins again, even among duplicates
+    with single_threaded():
+        for step in range(k):
+            if step == 0 and n_lab == 0:
+                j = int(rng.integers(n))
+            else:
+                j = int(torch.argmax(dist))
+            chosen.append(j)
+            c, q = x[j], n_lab + step
+            ctr[q], ctr_n[q] = c, xn[j]
+            rows = everyone
+            if prune and q > 0:
+                cc = torch.addmv(ctr_n[:q] + xn[j], ctr[:q], c, alpha=-2.0).clamp_min_(0.0).sqrt_()
+                near = cc < 2.0 * radius[:q] * (1 + 1e-3) + slack
+                candidates = torch.nonzero(near[owner]).squeeze(1)
+                if len(candidates) < n // 4:  # else a full pass is cheaper than gathering rows
+                    rows = candidates
+            if rows is everyone:
+                d = torch.addmv(xn + xn[j], x, c, alpha=-2.0).clamp_min_(0.0)
+            else:
+                d = torch.addmv(xn[rows] + xn[j], x.index_select(0, rows), c, alpha=-2.0).clamp_min_(0.0)
+            better = d < dist[rows]
+            moved = rows[better]
+            dist[moved] = d[better]
+            owner[moved] = q
+            radius[q] = d[better].max().sqrt() if len(moved) else 0.0
+            dist[j] = -torch.inf  # exact: a chosen point never wins again, even among duplicates
     return np.asarray(chosen, dtype=np.int64)
 
 
@@ -291,22 +307,23 @@ def badge_seeding(p: torch.Tensor, h: torch.Tensor, k: int, rng: np.random.Gener
     taken = torch.zeros(n, dtype=torch.bool)
     taken[j] = True
     dist = torch.full((n,), torch.inf, dtype=torch.float64)
-    for _ in range(1, k):
-        d = gn + gn[j] - 2.0 * (a @ a[j]) * (h @ h[j])
-        d[d <= zero_tol * (gn + gn[j])] = 0.0  # rounding noise of coincident points -> exactly 0
-        torch.minimum(dist, d, out=dist)
-        w = dist.clone()
-        w[taken] = 0.0
-        cum = torch.cumsum(w, 0).numpy()
-        if cum[-1] > 0:
-            j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
-            j = min(j, n - 1)
-            while w[j] <= 0:  # guard against the float edge u == cum[-1]
-                j -= 1
-        else:  # everything left coincides with a centre
-            j = int(rng.choice(np.flatnonzero(~taken.numpy())))
-        chosen.append(j)
-        taken[j] = True
+    with single_threaded():
+        for _ in range(1, k):
+            d = gn + gn[j] - 2.0 * (a @ a[j]) * (h @ h[j])
+            d[d <= zero_tol * (gn + gn[j])] = 0.0  # rounding noise of coincident points -> exactly 0
+            torch.minimum(dist, d, out=dist)
+            w = dist.clone()
+            w[taken] = 0.0
+            cum = torch.cumsum(w, 0).numpy()
+            if cum[-1] > 0:
+                j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+                j = min(j, n - 1)
+                while w[j] <= 0:  # guard against the float edge u == cum[-1]
+                    j -= 1
+            else:  # everything left coincides with a centre
+                j = int(rng.choice(np.flatnonzero(~taken.numpy())))
+            chosen.append(j)
+            taken[j] = True
     return np.asarray(chosen, dtype=np.int64)
 
 
