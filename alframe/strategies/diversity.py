@@ -154,7 +154,7 @@ def _centred(x: torch.Tensor, order: np.ndarray, lab: torch.Tensor) -> tuple[tor
     precision to cancellation."""
     x = x.index_select(0, torch.as_tensor(order)).float()
     lab = lab.float().reshape(-1, x.shape[1])
-    mean = (x.sum(0) + lab.sum(0)) / (x.shape[0] + lab.shape[0])  # any shift is exact; this one helps
+    mean = (x.sum(0) + lab.sum(0)) / (x.shape[0] + lab.shape[0])  # distances ignore shifts; rounding does not
     return x.sub_(mean), lab - mean
 
 
@@ -165,8 +165,11 @@ class CoreSet(QueryStrategy):
     Sener & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set
     Approach" (the greedy 2-approximation; the robust MIP variant is not implemented).
 
-    Reads ``embeddings: [M, D]`` and ``labelled_embeddings: [L, D]``. Time O((L + k) M D),
-    memory O(M D) plus one ``chunk_rows x chunk_rows`` block.
+    Reads ``embeddings: [M, D]`` and ``labelled_embeddings: [L, D]``. Time O(L M D) for the
+    distances to the labelled set plus, per pick, O(M' D) for the M' <= M candidates that the
+    triangle inequality cannot rule out (exact; see :func:`k_center_greedy`). Memory: one
+    float32 copy of the embeddings (centred, for accurate distances) plus one
+    ``chunk_rows x chunk_rows`` block; never an M x M matrix.
 
     Args:
         name: display name.
