@@ -123,8 +123,7 @@ def bench_kmeans(x: torch.Tensor, k: int = 1000, max_iter: int = 5):
     state = PoolState.create(1)
     _, sec, peak = measure(lambda: KMeansSampling(max_iter=max_iter).query(
         _outputs(x), state, k, np.random.default_rng(0)))
-    _row("alframe kmeans", x.shape[0], sec, peak,
-         f"(full N x k distance matrix would be {x.shape[0] * k * 8 / 2**20:.0f} MiB)")
+    _row("alframe kmeans", x.shape[0], sec, peak, f"(embeddings: {x.numel() * 4 / 2**20:.0f} MiB)")
 
 
 def bench_badge(n: int = 20_000, c: int = 100, d: int = 512, k: int = 1000):

@@ -197,7 +197,8 @@ class KMeansSampling(QueryStrategy):
     centre (as in Ash et al. 2020's k-means baseline and DeepAL+). A cluster left empty (only
     with fewer distinct points than k) is filled with the unused candidate nearest its centre.
 
-    Reads ``embeddings: [M, D]``. scikit-learn computes distances in blocks; memory O(M D).
+    Reads ``embeddings: [M, D]``, clustered in float32. scikit-learn computes distances in
+    blocks; memory O(M D) (one copy of the embeddings).
 
     Args:
         name: display name.
@@ -221,11 +222,12 @@ class KMeansSampling(QueryStrategy):
 
         k = check_k(k)
         idx, order = sorted_view(outputs)
-        x = outputs.require("embeddings")[torch.as_tensor(order)].double().numpy()
+        # our own float32 copy: scikit-learn keeps float32 and may centre it in place (copy_x=False)
+        x = outputs.require("embeddings").index_select(0, torch.as_tensor(order)).float().numpy()
         k = min(k, len(idx))
         with warnings.catch_warnings():  # fewer distinct points than k: handled below
             warnings.simplefilter("ignore")
-            km = KMeans(n_clusters=k, n_init=self.n_init, max_iter=self.max_iter,
+            km = KMeans(n_clusters=k, n_init=self.n_init, max_iter=self.max_iter, copy_x=False,
                         random_state=int(rng.integers(2**31 - 1))).fit(x)
         return idx[nearest_members(x, km.labels_, km.cluster_centers_)]
 
@@ -240,7 +242,9 @@ def nearest_members(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> n
     Returns:
         ``[K] int64`` distinct row positions.
     """
-    d = ((x - centres[labels]) ** 2).sum(1)  # [N] distance to own centre, O(N D)
+    d = np.empty(len(x))  # distance to own centre, in row blocks (no N x D temporary)
+    for a in range(0, len(x), 4096):
+        d[a:a + 4096] = ((x[a:a + 4096] - centres[labels[a:a + 4096]]) ** 2).sum(1)
     pick = np.full(len(centres), -1, dtype=np.int64)
     order = np.lexsort((d, labels))  # by cluster, then distance (then row: stable)
     first = np.ones(len(order), dtype=bool)
