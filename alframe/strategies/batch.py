@@ -133,18 +133,20 @@ class BatchBALD(QueryStrategy):
         return new, 1.0 / q, float(-top.mean())
 
     def _joint_entropy_with(self, p: torch.Tensor, joint: torch.Tensor, weights) -> torch.Tensor:
+        """``[M]`` joint entropy ``H[y_chosen, y_i]`` for every candidate i (exact sum over the
+        configurations, or the importance-weighted estimate when ``weights`` is given)."""
         m, t, c = p.shape
         s = joint.shape[0]
+        w = torch.ones(s, dtype=torch.float64) if weights is None else weights / s
         out = torch.empty(m, dtype=torch.float64)
         step = max(1, self.chunk_elements // max(s * c, 1))
+        jt = joint / t
         for a in range(0, m, step):
-            # P(config, y_i = c) = (1/T) sum_t p(config | w_t) p_t(c | x_i)
-            pj = torch.matmul(joint, p[a:a + step]) / t  # [B, S, C]
-            terms = torch.special.xlogy(pj, pj)
-            if weights is None:
-                out[a:a + step] = -terms.sum(dim=(1, 2))
-            else:
-                out[a:a + step] = -(terms.sum(dim=2) * weights).sum(dim=1) / s
+            pb = p[a:a + step]
+            b = pb.shape[0]
+            # P(config, y_i = c) = (1/T) sum_t p(config | w_t) p_t(c | x_i): one [S, T] x [T, B*C] GEMM
+            pj = torch.mm(jt, pb.permute(1, 0, 2).reshape(t, b * c))
+            out[a:a + b] = -(w @ torch.special.xlogy(pj, pj)).reshape(b, c).sum(dim=1)
         return out
 
     def __repr__(self) -> str:
