@@ -58,7 +58,7 @@ def test_corrupt_file_is_a_clear_error_naming_its_path_before_training(tmp_path)
     assert str(info["bad"]) in msg and "1 image file(s)" in msg and "dataset.skip_bad_files=true" in msg
 
 
-def test_skip_bad_files_loads_the_rest_with_folder_class_names(tmp_path, capsys):
+def test_skip_bad_files_loads_the_rest_with_folder_class_names(tmp_path, caplog):
     info = write_folder(tmp_path / "photos")
     data = load_data(cfg_for(tmp_path, tmp_path / "photos", "dataset.skip_bad_files=true",
                              "dataset.test_size=9", "dataset.val_size=3").dataset)
@@ -76,7 +76,7 @@ def test_skip_bad_files_loads_the_rest_with_folder_class_names(tmp_path, capsys)
         expected = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
         torch.testing.assert_close(data.train.x[i] * std + mean, expected, atol=1e-5, rtol=0)
     assert set(data.extras["paths"]).isdisjoint(data.extras["test_paths"])
-    assert "skipped 1 unreadable image file" in capsys.readouterr().out
+    assert f"skipping 1 unreadable image file(s) under {tmp_path / 'photos'}: {info['bad']}" in caplog.text
 
 
 def test_resize_crop_grey_and_unreadable_reasons(tmp_path):

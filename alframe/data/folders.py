@@ -103,9 +103,6 @@ def _report_bad(bad: list[tuple[str, str]], skip: bool, where: Path) -> None:
         raise DatasetError(f"{len(bad)} image file(s) under {where} cannot be read: {listing}. Fix or remove "
                            "them, or set dataset.skip_bad_files=true to leave them out.")
     log.warning("skipping %d unreadable image file(s) under %s: %s", len(bad), where, listing)
-    from alframe import progress
-
-    progress.console.print(f"[yellow]dataset: skipped {len(bad)} unreadable image file(s): {listing}[/yellow]")
 
 
 def _scan_class_folders(root: Path, what: str) -> ImageFolder:
