@@ -17,7 +17,6 @@ from alframe import report as rp
 from alframe.config import ConfigError
 
 from .conftest import CONFIG_DIR, FAST
-from .test_datasets import store  # noqa: F401 - one MLflow db per session
 
 REPO = Path(CONFIG_DIR).parent
 
