@@ -37,7 +37,7 @@ from alframe.data.base import ALData, LabelledView, load_data, make_loader
 from alframe.inference import compute_outputs, evaluate
 from alframe.models.base import ALNet
 from alframe.models.lightning import ALClassifier
-from alframe.oracles.base import LabelRequest, Oracle
+from alframe.oracles.base import LabelRequest, LabelResult, Oracle
 from alframe.state import PoolState, StateMismatchError
 from alframe.strategies.base import QueryStrategy
 from alframe.tracking import Tracker, default_tracking_uri, flatten
@@ -253,11 +253,18 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
     return net
 
 
-def initial_indices(cfg: DictConfig, data: ALData, state: PoolState) -> np.ndarray:
-    """The initial labelled set: seeded random, or class-balanced (simulation only)."""
+def initial_indices(cfg: DictConfig, data: ALData, state: PoolState, k: int | None = None) -> np.ndarray:
+    """The initial labelled set to request: seeded random, or class-balanced (simulation only).
+
+    Args:
+        k: how many to pick from the pool (default ``loop.initial_size``).
+
+    Returns:
+        ``[k] int64`` sorted absolute pool indices.
+    """
     rng = np.random.default_rng([int(cfg.seed), 0])
     pool = state.pool_idx
-    k = int(cfg.loop.initial_size)
+    k = int(cfg.loop.initial_size) if k is None else int(k)
     if not cfg.loop.get("initial_balanced", False):
         return np.sort(rng.choice(pool, size=k, replace=False))
     # Class-balanced start (Gal et al. 2017): k // C per class, the rest at random.
@@ -356,6 +363,21 @@ class Experiment:
     def meta(self) -> dict:
         return self.state.meta
 
+    def _record_seed_labels(self) -> int:
+        """Record labels a person already gave (``dataset.seed_labels``) as round-0 labels.
+
+        Returns:
+            How many initial samples are still to be requested from the oracle:
+            ``max(0, loop.initial_size - number of seed labels)``.
+        """
+        seed_idx = self.data.extras.get("seed_idx")
+        if seed_idx is not None and len(seed_idx) and self.state.n_labelled == 0:
+            self.state.label(np.asarray(seed_idx), np.asarray(self.data.extras["seed_labels"]), 0,
+                             num_classes=self.data.num_classes)
+            self.meta["seed_labels"] = int(len(seed_idx))
+            self._save()
+        return max(0, int(self.cfg.loop.initial_size) - self.state.n_labelled)
+
     def _check_target(self) -> None:
         """Validate ``loop.target_accuracy`` / ``loop.target_metric`` before any training."""
         loop = self.cfg.loop
@@ -410,9 +432,12 @@ class Experiment:
             {"received": 0, "seconds": []}
         self.meta["pending_request"] = {"round": round, "idx": [int(i) for i in idx], "tally": tally}
         self._save()
-        with progress.paused(self.oracle.interactive):
-            result = self.oracle.label(LabelRequest(round=round, idx=idx, predicted=predicted,
-                                                    confidence=confidence))
+        if len(idx) == 0:  # nothing to ask (e.g. seed labels already cover the initial set)
+            result = LabelResult(idx=np.empty(0, dtype=np.int64), labels=np.empty(0, dtype=np.int64))
+        else:
+            with progress.paused(self.oracle.interactive):
+                result = self.oracle.label(LabelRequest(round=round, idx=idx, predicted=predicted,
+                                                        confidence=confidence))
         requested = set(int(i) for i in idx)
         if not set(int(i) for i in result.idx) <= requested:
             raise RuntimeError(f"oracle {type(self.oracle).__name__} labelled indices that were not requested: "
@@ -479,7 +504,8 @@ class Experiment:
             # Round 0: the initial labelled set (or what is still pending of a batch).
             pending = self.meta.get("pending_request")
             if self.meta["round"] < 0 and pending is None:
-                pending = {"round": 0, "idx": initial_indices(cfg, self.data, state).tolist()}
+                k0 = self._record_seed_labels()
+                pending = {"round": 0, "idx": initial_indices(cfg, self.data, state, k0).tolist()}
             if pending is not None:
                 net = self._load_net() if pending["round"] > 0 else None
                 if not self._ask_oracle(int(pending["round"]), np.asarray(pending["idx"], dtype=np.int64),

@@ -257,3 +257,43 @@ def test_unlabelled_folder_annotation_job_with_the_files_oracle(tmp_path, store)
         rows = list(csv.DictReader(f))
     assert len(rows) == 6
     assert all(r["class_name"] == CLASSES[truth[paths[int(r["index"])]]] for r in rows)
+
+
+def test_seed_labels_count_towards_the_initial_set(tmp_path, store):
+    """Labels a person already has (dataset.seed_labels) are round-0 labels; the oracle is asked
+    only for the rest of loop.initial_size."""
+    from alframe.loop import run_experiment
+    from alframe.state import PoolState
+
+    files = write_unlabelled(tmp_path / "pool")
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text(f"file,label\n{files[3].relative_to(tmp_path / 'pool')},dog\n{files[0]},fish\n")
+    overrides = ["dataset=unlabelled_folder", f"dataset.root={tmp_path / 'pool'}", "dataset.classes=[cat,dog,fish]",
+                 "dataset.image_size=16", f"dataset.seed_labels={seeds}", "oracle=files", "trainer.max_epochs=1",
+                 "loop.initial_size=5", "loop.query_size=2", "loop.rounds=1", "mlflow.experiment_name=seeded"]
+    job = tmp_path / "out" / "job"
+    res = run_experiment(compose_shared(overrides, tmp_path / "out", store), job)
+    assert res.status == "pending"
+    state = PoolState.load(job)
+    assert state.labelled_idx.tolist() == [0, 3] and state.labels[[0, 3]].tolist() == [2, 1]
+    assert (state.labelled_round[[0, 3]] == 0).all()
+    with (job / "queries" / "round_0" / "labels.csv").open() as f:
+        asked = [int(r["index"]) for r in csv.DictReader(f)]
+    assert len(asked) == 3 and not {0, 3} & set(asked)  # 5 initial - 2 seed labels
+
+
+def test_seed_labels_covering_the_initial_set_skip_round_0_requests(tmp_path, store):
+    from alframe.loop import run_experiment
+
+    files = write_unlabelled(tmp_path / "pool")
+    seeds = tmp_path / "seeds.csv"
+    rows = "".join(f"{f.relative_to(tmp_path / 'pool')},{CLASSES[i % 3]}\n" for i, f in enumerate(files[:6]))
+    seeds.write_text("file,label\n" + rows)
+    overrides = ["dataset=unlabelled_folder", f"dataset.root={tmp_path / 'pool'}", "dataset.classes=[cat,dog,fish]",
+                 "dataset.image_size=16", f"dataset.seed_labels={seeds}", "oracle=files", "trainer.max_epochs=1",
+                 "loop.initial_size=4", "loop.query_size=2", "loop.rounds=1", "mlflow.experiment_name=seeded2"]
+    res = run_experiment(compose_shared(overrides, tmp_path / "out", store), tmp_path / "out" / "job")
+    # Round 0 trained on the 6 seed labels at once; the oracle's first request is round 1.
+    assert res.status == "pending" and [h["n_labelled"] for h in res.history] == [6]
+    assert (tmp_path / "out" / "job" / "queries" / "round_1" / "labels.csv").is_file()
+    assert not (tmp_path / "out" / "job" / "queries" / "round_0").exists()
