@@ -24,12 +24,14 @@ PROTOCOL = {
     "batchbald2019_mnist": {"dataset.name": "mnist", "model.name": "batchbald_cnn", "strategy.name": "batchbald",
                             "loop.initial_size": 20, "loop.query_size": 10},
     "coreset2018_cifar10": {"dataset.name": "cifar10", "model.name": "resnet18", "strategy.name": "coreset",
-                            "loop.initial_size": 5000, "loop.query_size": 5000},
+                            "loop.initial_size": 5000, "loop.query_size": 5000,
+                            "model.optimizer._target_": "torch.optim.SGD"},
     "badge2020_cifar10": {"dataset.name": "cifar10", "model.name": "resnet18", "strategy.name": "badge",
                           "loop.initial_size": 100, "loop.query_size": 1000,
                           "model.optimizer._target_": "torch.optim.Adam"},
     "lueth2023_cifar10_low": {"dataset.name": "cifar10", "model.name": "resnet18", "loop.initial_size": 50,
-                              "loop.initial_balanced": True, "loop.query_size": 50, "loop.rounds": 10},
+                              "loop.initial_balanced": True, "loop.query_size": 50, "loop.rounds": 10,
+                              "model.optimizer._target_": "torch.optim.SGD", "model.batch_size": 64},
 }
 
 
