@@ -73,9 +73,10 @@ def test_labels_come_from_the_oracle_not_the_dataset(run, tmp_path):
 
 
 def test_same_seed_same_queries_other_seed_other_queries(run):
-    a = read_queries(run("seed=3", job="a").run_dir)
-    b = read_queries(run("seed=3", job="b").run_dir)
-    c = read_queries(run("seed=4", job="c").run_dir)
+    quick = ("trainer.max_epochs=2", "loop.rounds=2")
+    a = read_queries(run("seed=3", *quick, job="a").run_dir)
+    b = read_queries(run("seed=3", *quick, job="b").run_dir)
+    c = read_queries(run("seed=4", *quick, job="c").run_dir)
     assert a == b
     assert [q["index"] for q in a] != [q["index"] for q in c]
 
@@ -83,9 +84,10 @@ def test_same_seed_same_queries_other_seed_other_queries(run):
 def test_resume_continues_same_run_and_equals_uninterrupted(tmp_path):
     from alframe.loop import run_experiment
 
-    full = run_experiment(compose([*FAST, "loop.rounds=3"], tmp_path / "a"), tmp_path / "a" / "job")
-    first = run_experiment(compose([*FAST, "loop.rounds=1"], tmp_path / "b"), tmp_path / "b" / "job1")
-    resumed = run_experiment(compose([*FAST, "loop.rounds=3", "loop.resume=true"], tmp_path / "b"),
+    quick = [*FAST, "trainer.max_epochs=2"]
+    full = run_experiment(compose([*quick, "loop.rounds=3"], tmp_path / "a"), tmp_path / "a" / "job")
+    first = run_experiment(compose([*quick, "loop.rounds=1"], tmp_path / "b"), tmp_path / "b" / "job1")
+    resumed = run_experiment(compose([*quick, "loop.rounds=3", "loop.resume=true"], tmp_path / "b"),
                              tmp_path / "b" / "job2")
     assert resumed.run_dir == first.run_dir and resumed.run_id == first.run_id
     assert read_queries(resumed.run_dir) == read_queries(full.run_dir)
