@@ -415,7 +415,7 @@ def _target_cells(r: pd.Series, k: str, baseline: str) -> tuple[str, str, str]:
         per_seed = f"not reached ({reached}/{n} reached)"
     else:
         per_seed = f"{_labels(median)} [{_labels(q25)}, {_labels(q75)}]"
-        per_seed = (f"mean {r[f'labels_{k}_mean']:g}, median " + per_seed) if reached == n \
+        per_seed = (f"mean {r[f'labels_{k}_mean']:.4g}, median " + per_seed) if reached == n \
             else per_seed + f" ({reached}/{n} reached)"
     mc = r[f"labels_{k}_meancurve"]
     mean_curve = "not reached" if np.isnan(mc) else f"{mc:g}"
