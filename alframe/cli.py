@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # conf/hydra/launcher/{joblib,submitit_slurm}.yaml spell out the plugins' configs in full; Hydra
 # still validates them against the plugins' schemas of the same name, with a deprecation notice.
-warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema with the same name.*")
+warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name")
 
 
 def job_context() -> tuple[Path, str | None]:

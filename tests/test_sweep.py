@@ -82,7 +82,7 @@ def test_parallel_first_use_of_a_fresh_sqlite_store(tmp_path):  # noqa: F811 (fi
     assert [e.name for e in client.search_experiments() if e.name == "race"] == ["race"]
 
 
-@pytest.mark.filterwarnings("ignore:.*is validated against ConfigStore schema")
+@pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema")
 @pytest.mark.parametrize("launcher, target", [
     ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
     ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
