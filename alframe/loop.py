@@ -177,6 +177,16 @@ def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprint: str) -> tuple[P
 
 
 # --------------------------------------------------------------------------- building blocks
+def _instantiate(node: DictConfig, group: str):
+    """``hydra.utils.instantiate`` whose constructor errors become a one-line ConfigError."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"{group} ({node.get('_target_')}): {cause}") from e
+
 def build_net(cfg: DictConfig, data: ALData) -> ALNet:
     """A fresh network for ``data`` from ``cfg.model.net``."""
     from hydra.errors import InstantiationException
@@ -331,12 +341,13 @@ class Experiment:
         validate_static(cfg)
         self.cfg, self.sweep_id = cfg, sweep_id
         self.data: ALData = load_data(cfg.dataset)
-        self.strategy: QueryStrategy = instantiate(cfg.strategy)
+        self.strategy: QueryStrategy = _instantiate(cfg.strategy, "strategy")
         if not isinstance(self.strategy, QueryStrategy):
             raise ConfigError(f"strategy._target_={cfg.strategy._target_!r} is not an alframe QueryStrategy")
-        self.oracle: Oracle = instantiate(cfg.oracle)
+        self.oracle: Oracle = _instantiate(cfg.oracle, "oracle")
         self.fingerprint = config_fingerprint(cfg)
         self.run_dir, resuming = resolve_run_dir(cfg, Path(job_dir), self.fingerprint)
+        self.run_dir = self.run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = device_of(cfg)
         if resuming:
@@ -495,7 +506,8 @@ class Experiment:
         status = "finished"
         table = progress.RoundTable(title=f"alframe: {self.strategy.name} on {self.data.name}")
         if self.resuming:
-            progress.console.print(f"Resuming {self.run_dir} at round {self.meta['round']} "
+            where = f"round {self.meta['round']}" if self.meta["round"] >= 0 else "the initial labelled set"
+            progress.console.print(f"Resuming {self.run_dir} at {where} "
                                    f"({state.n_labelled} labels, MLflow run {tracker.run_id})")
         for h in self.meta["history"]:
             table.add(h, replayed=True)
@@ -517,7 +529,7 @@ class Experiment:
                     net = self._train_and_log(r, tracker, table)
                 reason = self._stop_reason()
                 if reason is not None:
-                    log.info("stopping: %s", reason)
+                    progress.console.print(f"Stopping: {reason}.", style="dim")
                     break
                 if net is None:
                     net = self._load_net() or self._train_and_log(r, tracker, table, log_metrics=False)

@@ -7,7 +7,6 @@ import math
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.table import Table
 
 console = Console(highlight=False)
 _interactive_depth = 0
@@ -70,14 +69,8 @@ def paused(interactive: bool) -> Iterator[None]:
 
 
 def summary(result, pending: bool = False) -> None:
-    """Final message: results table, where the outputs are and how to open them."""
-    if result.history:
-        t = Table(title="budget curve", show_edge=False)
-        for name, _, _, _ in COLUMNS:
-            t.add_column(name, justify="right")
-        for row in result.history:
-            t.add_row(*[_fmt(row, key, fmt) for _, key, fmt, _ in COLUMNS])
-        console.print(t)
+    """Final message: the result, where the outputs are and how to open them (the rows were
+    printed as the rounds ran)."""
     if pending:
         console.print(f"[yellow]Waiting for labels.[/yellow] State saved in {result.run_dir}. "
                       "Run the same command again with loop.resume=true (or "

@@ -180,3 +180,10 @@ def test_multirun_gives_one_mlflow_run_and_dir_per_job(tmp_path):
     dirs = {r.data.tags["run_dir"] for r in runs}
     assert len(dirs) == 2 and all((Path(d) / "queries.csv").is_file() for d in dirs)
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_bad_strategy_parameter_is_a_config_error(make_cfg, tmp_path):
+    from alframe.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"strategy \(alframe.strategies.batch.PowerBALD\): .*mode.*'bogus'"):
+        Experiment(make_cfg("strategy=power_bald", "strategy.mode=bogus"), tmp_path / "job")

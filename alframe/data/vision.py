@@ -103,7 +103,7 @@ def _unchecked(cls: type, attrs: tuple[str, ...]) -> type:
 def expected_files(spec: VisionSpec, root: Path) -> list[Path]:
     """Absolute paths of the files torchvision needs for ``spec`` under ``root``."""
     base = root / spec.folder if spec.folder else root
-    return [base / f for f in (*spec.train_files, *spec.test_files)]
+    return [base / f for f in dict.fromkeys((*spec.train_files, *spec.test_files))]  # no repeats
 
 
 def _missing_error(name: str, spec: VisionSpec, root: Path, download: bool, cause: Exception | None) -> DatasetError:
