@@ -627,11 +627,12 @@ class Experiment:
             chosen = np.asarray(self.strategy.query(outputs, state, k, rng), dtype=np.int64)
             query_s = time.perf_counter() - t0
         check_query(chosen, candidates, state, k, self.strategy.name)
-        tracker.log_metrics({"score_seconds": score_s, "query_seconds": query_s}, step=state.n_labelled)
+        tracker.log_metrics({"score_seconds": score_s, "query_seconds": query_s}, step=state.n_labelled, defer=True)
         self.meta.setdefault("timings", {})[str(r)] = {"score_seconds": score_s, "query_seconds": query_s}
         return self._ask_oracle(r, chosen, net, tracker)
 
     def _finish(self, tracker: Tracker, table: progress.RoundTable, status: str) -> RunResult:
+        tracker.log_metrics({})  # send deferred metrics (timings) also when stopping for labels
         history = self.meta["history"]
         result = RunResult(run_dir=self.run_dir, run_id=tracker.run_id, tracking_uri=tracker.tracking_uri,
                            experiment_name=self.cfg.mlflow.experiment_name, history=history, status=status)

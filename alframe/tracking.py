@@ -125,6 +125,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None,
                  run_name: str | None = None, tags: Mapping[str, str] | None = None):
         self.tracking_uri = tracking_uri
+        self._deferred: list[Metric] = []
         self.client, self.experiment_id = prepare_store(tracking_uri, experiment_name)
         if run_id is not None:
             run = self.client.get_run(run_id)
@@ -150,12 +151,19 @@ class Tracker:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(self.run_id, tags=items), "set_tags")
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metrics at ``step`` (for per-round metrics: the number of labelled samples)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, defer: bool = False) -> None:
+        """Log metrics at ``step`` (for per-round metrics: the number of labelled samples).
+
+        ``defer=True`` keeps them until the next non-deferred call (or :meth:`finish`), which
+        sends everything in one request: one store round trip instead of two for minor metrics
+        such as timings.
+        """
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items() if v is not None]
-        if items:
-            _retry(lambda: self.client.log_batch(self.run_id, metrics=items), "log_metrics")
+        self._deferred.extend(Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items() if v is not None)
+        if defer or not self._deferred:
+            return
+        items, self._deferred = self._deferred, []
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=items), "log_metrics")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a local file as a run artifact."""
@@ -166,5 +174,6 @@ class Tracker:
         return sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        """Send deferred metrics and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self.log_metrics({})
         _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
