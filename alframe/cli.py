@@ -16,6 +16,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # conf/hydra/launcher/{joblib,submitit_slurm}.yaml spell out the plugins' configs in full; Hydra
 # still validates them against the plugins' schemas of the same name, with a deprecation notice.
 warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name")
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
 
 
 def job_context() -> tuple[Path, str | None]:

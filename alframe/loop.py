@@ -32,7 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import auc
 
 from alframe import progress
-from alframe.config import ConfigError, config_fingerprint, validate_static, validate_with_data
+from alframe.config import (
+    ConfigError,
+    config_fingerprint,
+    instantiate_checked,
+    validate_static,
+    validate_with_data,
+)
 from alframe.data.base import ALData, LabelledView, load_data, make_loader
 from alframe.inference import compute_outputs, evaluate
 from alframe.models.base import ALNet
@@ -177,28 +183,11 @@ def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprint: str) -> tuple[P
 
 
 # --------------------------------------------------------------------------- building blocks
-def _instantiate(node: DictConfig, group: str):
-    """``hydra.utils.instantiate`` whose constructor errors become a one-line ConfigError."""
-    from hydra.errors import InstantiationException
-
-    try:
-        return instantiate(node)
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"{group} ({node.get('_target_')}): {cause}") from e
-
 def build_net(cfg: DictConfig, data: ALData) -> ALNet:
     """A fresh network for ``data`` from ``cfg.model.net``."""
-    from hydra.errors import InstantiationException
-
-    try:
-        net = instantiate(cfg.model.net, num_classes=data.num_classes, input_shape=tuple(data.input_shape))
-    except InstantiationException as e:  # show the model's own message (e.g. weights unavailable, input too small)
-        if isinstance(e.__cause__, ConfigError):
-            raise e.__cause__ from None
-        if isinstance(e.__cause__, ValueError):
-            raise ConfigError(f"model={cfg.model.get('name')}: {e.__cause__}") from e
-        raise
+    # the model's own message (e.g. weights unavailable, input too small) as a one-line error
+    net = instantiate_checked(cfg.model.net, f"model={cfg.model.get('name')}", num_classes=data.num_classes,
+                              input_shape=tuple(data.input_shape))
     if not isinstance(net, ALNet):
         raise ConfigError(f"model.net._target_={cfg.model.net._target_!r} must build an alframe ALNet "
                           f"(trunk + head), got {type(net).__name__}")
@@ -341,10 +330,10 @@ class Experiment:
         validate_static(cfg)
         self.cfg, self.sweep_id = cfg, sweep_id
         self.data: ALData = load_data(cfg.dataset)
-        self.strategy: QueryStrategy = _instantiate(cfg.strategy, "strategy")
+        self.strategy: QueryStrategy = instantiate_checked(cfg.strategy, f"strategy ({cfg.strategy.get('_target_')})")
         if not isinstance(self.strategy, QueryStrategy):
             raise ConfigError(f"strategy._target_={cfg.strategy._target_!r} is not an alframe QueryStrategy")
-        self.oracle: Oracle = _instantiate(cfg.oracle, "oracle")
+        self.oracle: Oracle = instantiate_checked(cfg.oracle, f"oracle ({cfg.oracle.get('_target_')})")
         self.fingerprint = config_fingerprint(cfg)
         self.run_dir, resuming = resolve_run_dir(cfg, Path(job_dir), self.fingerprint)
         self.run_dir = self.run_dir.resolve()

@@ -167,9 +167,9 @@ class PoolState:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         npz_path = directory / STATE_FILE
-        _atomic_write(npz_path, lambda f: np.savez(
+        atomic_write(npz_path, lambda f: np.savez(
             f, labelled_round=self.labelled_round, labels=self.labels, available=self.available))
-        _atomic_write(directory / META_FILE,
+        atomic_write(directory / META_FILE,
                       lambda f: f.write(json.dumps(self.meta, indent=2, sort_keys=True).encode()))
         return npz_path
 
@@ -209,7 +209,9 @@ class PoolState:
         return state
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` atomically: ``write(binary_file)`` fills a temp file in the same folder,
+    which is fsynced and moved over ``path`` with ``os.replace`` (a crash leaves the old file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

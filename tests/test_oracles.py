@@ -255,7 +255,7 @@ def test_pseudo_labels_train_but_never_enter_the_pool_state(store, tmp_path, mon
         return real_fit(cfg, data, state, round, run_dir, pseudo=pseudo)
 
     monkeypatch.setattr(loop, "fit", spy)
-    cfg = compose(["trainer.max_epochs=8", "loop.initial_size=30", "loop.query_size=10", "loop.rounds=2",
+    cfg = compose(["trainer.max_epochs=30", "loop.initial_size=30", "loop.query_size=10", "loop.rounds=2",
                    "loop.pseudo_label_threshold=0.25", "strategy=margin"], tmp_path)
     res = Experiment(cfg, tmp_path / "job").run()
     y = digits().targets

@@ -260,20 +260,9 @@ def load_data(dataset_cfg) -> ALData:
         DatasetError: the loader could not load the data.
         ConfigError: ``dataset._target_`` does not return an ALData.
     """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from alframe.config import instantiate_checked
 
-    try:
-        data = instantiate(dataset_cfg)
-    except InstantiationException as e:
-        cause = e.__cause__
-        while cause is not None and not isinstance(cause, ConfigError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(e.__cause__, (ValueError, TypeError)):  # bad dataset.* values
-            raise ConfigError(f"dataset ({dataset_cfg.get('_target_')}): {e.__cause__}") from e
-        raise
+    data = instantiate_checked(dataset_cfg, f"dataset ({dataset_cfg.get('_target_')})")
     if not isinstance(data, ALData):
         raise ConfigError(f"dataset._target_={dataset_cfg.get('_target_')!r} must return an alframe ALData, "
                           f"got {type(data).__name__}")
