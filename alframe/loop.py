@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import gc
+import io
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -44,7 +44,7 @@ from alframe.inference import compute_outputs, evaluate
 from alframe.models.base import ALNet
 from alframe.models.lightning import ALClassifier
 from alframe.oracles.base import LabelRequest, LabelResult, Oracle
-from alframe.state import PoolState, StateMismatchError
+from alframe.state import PoolState, StateMismatchError, atomic_write
 from alframe.strategies.base import QueryStrategy
 from alframe.tracking import Tracker, default_tracking_uri, flatten
 
@@ -284,14 +284,13 @@ def write_queries_csv(path: Path, state: PoolState, class_names: list[str]) -> N
     is the initial labelled set."""
     idx = state.labelled_idx
     order = np.lexsort((idx, state.labelled_round[idx]))
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["round", "index", "label", "class_name"])
-        for i in idx[order]:
-            y = int(state.labels[i])
-            w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]])
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["round", "index", "label", "class_name"])
+    for i in idx[order]:
+        y = int(state.labels[i])
+        w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]])
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
 def plot_budget_curve(history: list[dict], path: Path, title: str) -> None:
@@ -515,7 +514,7 @@ class Experiment:
             while status == "finished":
                 r = self.meta["round"]
                 if self.meta["evaluated_round"] < r:
-                    net = self._train_and_log(r, tracker, table)
+                    net = self._train_and_log(r, tracker, table, prev=net)
                 reason = self._stop_reason()
                 if reason is not None:
                     progress.console.print(f"Stopping: {reason}.", style="dim")
@@ -527,7 +526,7 @@ class Experiment:
             if status == "finished":
                 self.meta["finished"] = True
                 self._save()
-            return self._finish(tracker, table, status)
+            return self._finish(tracker, status)
         except BaseException as e:
             self._save()
             tracker.finish("FAILED" if isinstance(e, Exception) else "KILLED")
@@ -536,9 +535,11 @@ class Experiment:
             self.oracle.close()
 
     def _train_and_log(self, r: int, tracker: Tracker, table: progress.RoundTable,
-                       log_metrics: bool = True) -> ALNet:
+                       log_metrics: bool = True, prev: ALNet | None = None) -> ALNet:
+        """Train round ``r``'s model, evaluate and log it; ``prev`` is round ``r - 1``'s model
+        when still in memory (pseudo-labelling reads it; otherwise it is loaded from disk)."""
         state = self.state
-        pseudo, pseudo_info = self._pseudo_labels(r) if log_metrics else (None, {})
+        pseudo, pseudo_info = self._pseudo_labels(r, prev) if log_metrics else (None, {})
         with progress.status(f"round {r}: training on {state.n_labelled} labels"):
             t0 = time.perf_counter()
             net = fit(self.cfg, self.data, state, r, self.run_dir, pseudo=pseudo)
@@ -546,9 +547,7 @@ class Experiment:
             test = evaluate(net, self.data.test, int(self.cfg.loop.eval_batch_size), self.device)
             val = evaluate(net, self.data.validation_set(), int(self.cfg.loop.eval_batch_size), self.device) \
                 if len(self.data.val_idx) else None
-        tmp = self.run_dir / f".{MODEL_FILE}.tmp"
-        torch.save(net.state_dict(), tmp)
-        os.replace(tmp, self.run_dir / MODEL_FILE)
+        atomic_write(self.run_dir / MODEL_FILE, lambda f: torch.save(net.state_dict(), f))
         if not log_metrics:
             return net
         row = {"round": r, "n_labelled": state.n_labelled, "test_accuracy": test["accuracy"],
@@ -556,14 +555,15 @@ class Experiment:
         if val is not None:
             row["val_accuracy"] = val["accuracy"]
         row.update(pseudo_info)
-        tracker.log_metrics({k: v for k, v in row.items()}, step=state.n_labelled)
+        tracker.log_metrics(row, step=state.n_labelled)
         self.meta["history"].append(row)
         self.meta["evaluated_round"] = r
         self._save()
         table.add(row)
         return net
 
-    def _pseudo_labels(self, r: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, float]]:
+    def _pseudo_labels(self, r: int, prev: ALNet | None = None
+                       ) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, float]]:
         """CEAL pseudo-labels for round ``r`` (Wang et al. 2017, "Cost-Effective Active Learning
         for Deep Image Classification").
 
@@ -579,7 +579,8 @@ class Experiment:
         threshold = self.cfg.loop.get("pseudo_label_threshold")
         if threshold is None or r == 0:
             return None, {}
-        prev = self._load_net()  # still the model of round r - 1 at this point
+        if prev is None:
+            prev = self._load_net()  # still the model of round r - 1 at this point
         pool = self.state.pool_idx
         if prev is None or len(pool) == 0:
             return None, {"pseudo_labels": 0.0}
@@ -591,7 +592,6 @@ class Experiment:
         info = {"pseudo_labels": float(len(idx))}
         if self.data.targets is not None and len(idx):
             info["pseudo_label_accuracy"] = float((np.asarray(self.data.targets)[idx] == y).mean())
-        del prev
         return (idx, y), info
 
     def _query(self, r: int, net: ALNet, tracker: Tracker) -> bool:
@@ -620,7 +620,7 @@ class Experiment:
         self.meta.setdefault("timings", {})[str(r)] = {"score_seconds": score_s, "query_seconds": query_s}
         return self._ask_oracle(r, chosen, net, tracker)
 
-    def _finish(self, tracker: Tracker, table: progress.RoundTable, status: str) -> RunResult:
+    def _finish(self, tracker: Tracker, status: str) -> RunResult:
         tracker.log_metrics({})  # send deferred metrics (timings) also when stopping for labels
         history = self.meta["history"]
         result = RunResult(run_dir=self.run_dir, run_id=tracker.run_id, tracking_uri=tracker.tracking_uri,
@@ -649,7 +649,6 @@ class Experiment:
             tracker.finish("FINISHED")
         else:  # waiting for labels: the run stays RUNNING until it is resumed
             tracker.set_tags({"alframe.status": "waiting_for_labels"})
-        table.close()
         progress.summary(result, pending=status == "pending")
         gc.collect()
         return result

@@ -43,9 +43,6 @@ class RoundTable:
         line = "  ".join(f"{_fmt(row, key, fmt):>{w}}" for _, key, fmt, w in COLUMNS)
         console.print(line + ("  (resumed)" if replayed else ""), style="dim" if replayed else None)
 
-    def close(self) -> None:
-        """Nothing to release; rows were printed as they came."""
-
 
 @contextlib.contextmanager
 def status(message: str) -> Iterator[None]:
