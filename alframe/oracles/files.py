@@ -17,6 +17,7 @@ otherwise the filled ``labels.csv``. The whole file is validated before anything
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -114,12 +115,11 @@ class FilesOracle(Oracle):
                                         "result": [{"from_name": "label", "to_name": "image", "type": "choices",
                                                     "value": {"choices": [sugg]}}]}]
             tasks.append(task)
-        lines = [",".join(CSV_COLUMNS)]
-        for row in rows:
-            lines.append(_csv_line(row))
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([list(CSV_COLUMNS), *rows])
         csv_path = d / CSV_NAME
         if not csv_path.exists():
-            atomic_write_text(csv_path, "\n".join(lines) + "\n")
+            atomic_write_text(csv_path, buf.getvalue())
         atomic_write_text(d / TASKS_NAME, json.dumps(tasks, indent=1))
         choices = "\n".join(f'    <Choice value="{_xml(n)}"/>' for n in names)
         atomic_write_text(d / CONFIG_NAME, "<View>\n  <Image name=\"image\" value=\"$image\"/>\n"
@@ -259,14 +259,6 @@ class FilesOracle(Oracle):
         return LabelResult(idx=np.asarray(idx, dtype=np.int64),
                            labels=np.asarray([answers[i] for i in idx], dtype=np.int64),
                            info={"skipped": float(skipped)})
-
-
-def _csv_line(row: list) -> str:
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(row)
-    return buf.getvalue()
 
 
 def _xml(text: str) -> str:
