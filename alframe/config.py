@@ -106,10 +106,23 @@ def validate_with_data(cfg: DictConfig, n_pool: int, num_classes: int, has_targe
                   f"(at least one per class, {num_classes} classes)")
 
 
-def config_fingerprint(cfg: DictConfig) -> str:
-    """Hash of the resolved config minus keys that may change on resume (:data:`RESUMABLE_KEYS`)."""
+#: keys added after alframe 0.1 with their defaults: dropped from the fingerprint of a
+#: run folder saved by 0.1 so that it still resumes (:func:`config_fingerprints`)
+ADDED_KEYS = {"trainer._target_": "pytorch_lightning.Trainer",
+              "model.module": {"_target_": "alframe.models.lightning.ALClassifier", "_partial_": True}}
+
+
+def config_fingerprint(cfg: DictConfig, legacy: bool = False) -> str:
+    """Hash of the resolved config minus keys that may change on resume (:data:`RESUMABLE_KEYS`);
+    ``legacy=True`` also drops :data:`ADDED_KEYS` where they hold their default."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key in RESUMABLE_KEYS:
+    drop = list(RESUMABLE_KEYS)
+    if legacy:
+        for key, default in ADDED_KEYS.items():
+            value = OmegaConf.select(cfg, key)
+            if (OmegaConf.to_container(value) if isinstance(value, DictConfig) else value) == default:
+                drop.append(key)
+    for key in drop:
         parts = key.split(".")
         node = container
         for p in parts[:-1]:
@@ -118,3 +131,39 @@ def config_fingerprint(cfg: DictConfig) -> str:
             node.pop(parts[-1], None)
     blob = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def config_fingerprints(cfg: DictConfig) -> tuple[str, set[str]]:
+    """``(fingerprint to save, fingerprints a saved run may carry)``: this version's, and the
+    one alframe 0.1 saved for the same config."""
+    current = config_fingerprint(cfg)
+    return current, {current, config_fingerprint(cfg, legacy=True)}
+
+
+def validate_loop_options(cfg: DictConfig, has_val: bool, dataset_name: str) -> None:
+    """Check ``loop.target_accuracy``, ``loop.target_metric`` and ``loop.pseudo_label_threshold``.
+
+    Args:
+        has_val: the dataset has a validation split.
+        dataset_name: named in the message when ``val_accuracy`` has no split to come from.
+
+    Raises:
+        ConfigError: naming the key, the bad value and what is allowed.
+    """
+    from alframe.metrics import TARGET_METRICS
+
+    loop = cfg.loop
+    target, metric = loop.get("target_accuracy"), loop.get("target_metric", "test_accuracy")
+    if target is not None:
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
+            raise ConfigError(f"loop.target_accuracy={target!r} is invalid: must be an accuracy in (0, 1] or null")
+        if metric not in TARGET_METRICS:
+            raise ConfigError(f"loop.target_metric={metric!r} is invalid: must be one of {list(TARGET_METRICS)}")
+        if metric == "val_accuracy" and not has_val:
+            raise ConfigError("loop.target_metric=val_accuracy needs a validation split, but dataset "
+                              f"{dataset_name!r} has none: set dataset.val_size > 0 or use test_accuracy")
+    threshold = loop.get("pseudo_label_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0.0 < float(threshold) <= 1.0):
+        raise ConfigError(f"loop.pseudo_label_threshold={threshold!r} is invalid: must be a confidence "
+                          "in (0, 1] (e.g. 0.99) or null to turn pseudo-labelling off")

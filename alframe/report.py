@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alframe.loop import aubc, labels_to_target
+from alframe.metrics import aubc, labels_to_target
 from alframe.tracking import default_tracking_uri, sqlite_path
 
 #: tag marking the summary runs written by this module (never read back as data)

@@ -7,6 +7,7 @@ unavailable and can never be labelled or queried.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -17,7 +18,75 @@ from typing import Any
 import numpy as np
 
 STATE_FILE = "pool_state.npz"
+#: a readable copy of the run progress (the copy inside STATE_FILE is the one that counts)
 META_FILE = "pool_state.json"
+PROGRESS_VERSION = 2
+
+
+@dataclass
+class PendingRequest:
+    """A query batch sent to the oracle whose labels are not all in yet.
+
+    Attributes:
+        round: the round the batch belongs to (0 = initial labelled set).
+        idx: absolute pool indices still waiting for a label.
+        received: labels received for this round so far (skips excluded).
+        seconds: a person's seconds per label received so far (empty for simulated oracles).
+    """
+
+    round: int
+    idx: list[int]
+    received: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands in the round loop; saved with the pool state, read on resume.
+
+    Attributes:
+        dataset_fingerprint: identity of the dataset the indices refer to.
+        config_fingerprint: hash of the config minus the keys a resume may change.
+        round: last round whose labels are all in (-1 before the initial set is labelled).
+        evaluated_round: last round whose model was trained, evaluated and logged.
+        finished: the loop stopped for good (rounds or budget spent, pool empty, target reached).
+        history: one dict per evaluated round (round, n_labelled, test_accuracy, ...).
+        pending: the batch waiting for labels, or None.
+        run_id: MLflow run id of this job (the same run on every resume).
+        tracking_uri: the MLflow store the run lives in.
+        seed_labels: labels a person gave before the run (``dataset.seed_labels``), round 0.
+    """
+
+    dataset_fingerprint: str = ""
+    config_fingerprint: str = ""
+    round: int = -1
+    evaluated_round: int = -1
+    finished: bool = False
+    history: list[dict] = field(default_factory=list)
+    pending: PendingRequest | None = None
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    seed_labels: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (with a format ``version``)."""
+        return {"version": PROGRESS_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunProgress:
+        """Read :meth:`to_dict` output, or the untyped ``meta`` dict of alframe 0.1 run folders
+        (``pending_request`` with a nested ``tally``; unread keys such as ``timings`` dropped)."""
+        d = dict(d)
+        pending = d.pop("pending", None)
+        old = d.pop("pending_request", None)
+        if pending is None and old is not None:
+            tally = old.get("tally") or {}
+            pending = {"round": old["round"], "idx": old["idx"], "received": tally.get("received", 0),
+                       "seconds": tally.get("seconds", [])}
+        known = {f.name for f in dataclasses.fields(cls)} - {"pending"}
+        progress = cls(**{k: v for k, v in d.items() if k in known})
+        progress.pending = PendingRequest(**pending) if pending is not None else None
+        return progress
 
 
 class StateMismatchError(RuntimeError):
@@ -35,24 +104,23 @@ class PoolState:
             with labels an oracle returned.
         available: ``[N] bool``; False for held-out samples (validation/test) that must never
             be queried or labelled.
-        meta: free-form JSON-serialisable facts saved with the state (dataset fingerprint,
-            config fingerprint, MLflow run id, last evaluated round, ...).
+        progress: where the run stands in the round loop (:class:`RunProgress`).
     """
 
     labelled_round: np.ndarray
     labels: np.ndarray
     available: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
+    progress: RunProgress = field(default_factory=RunProgress)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, n: int, holdout: np.ndarray | None = None, meta: dict | None = None) -> PoolState:
+    def create(cls, n: int, holdout: np.ndarray | None = None, progress: RunProgress | None = None) -> PoolState:
         """Empty state over ``n`` samples.
 
         Args:
             n: number of samples in the train source (> 0).
             holdout: ``[H] int`` absolute indices never to be queried (validation split).
-            meta: initial metadata.
+            progress: initial run progress (fingerprints).
 
         Raises:
             ValueError: ``n`` < 1 or a holdout index outside ``[0, n)``.
@@ -70,7 +138,7 @@ class PoolState:
             labelled_round=np.full(n, -1, dtype=np.int64),
             labels=np.full(n, -1, dtype=np.int64),
             available=available,
-            meta=dict(meta or {}),
+            progress=progress or RunProgress(),
         )
 
     # ------------------------------------------------------------------ views
@@ -159,7 +227,9 @@ class PoolState:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the state atomically into ``directory`` (temp file + ``os.replace``).
+        """Write the state and its progress atomically into ``directory``: one ``.npz`` (temp
+        file + ``os.replace``) holds both, so a crash never pairs labels with another round's
+        progress; ``pool_state.json`` is a readable copy written after it.
 
         Returns:
             Path of the ``.npz`` file written.
@@ -167,10 +237,11 @@ class PoolState:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         npz_path = directory / STATE_FILE
+        blob = json.dumps(self.progress.to_dict(), indent=2, sort_keys=True)
         atomic_write(npz_path, lambda f: np.savez(
-            f, labelled_round=self.labelled_round, labels=self.labels, available=self.available))
-        atomic_write(directory / META_FILE,
-                      lambda f: f.write(json.dumps(self.meta, indent=2, sort_keys=True).encode()))
+            f, labelled_round=self.labelled_round, labels=self.labels, available=self.available,
+            progress=np.array(blob)))
+        atomic_write(directory / META_FILE, lambda f: f.write(blob.encode()))
         return npz_path
 
     @classmethod
@@ -184,8 +255,8 @@ class PoolState:
 
         Args:
             directory: the folder holding ``pool_state.npz``/``pool_state.json``.
-            expect: metadata entries that must match (e.g. ``dataset_fingerprint``,
-                ``config_fingerprint``); a missing or different entry is an error.
+            expect: :class:`RunProgress` fields that must match (e.g. ``dataset_fingerprint``,
+                ``config_fingerprint``); a different value is an error.
 
         Raises:
             FileNotFoundError: no saved state in ``directory``.
@@ -199,12 +270,16 @@ class PoolState:
             state = cls(labelled_round=z["labelled_round"].astype(np.int64),
                         labels=z["labels"].astype(np.int64),
                         available=z["available"].astype(bool))
+            blob = str(z["progress"]) if "progress" in z.files else None
         meta_path = directory / META_FILE
-        state.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if blob is None and meta_path.is_file():  # alframe 0.1: progress only in the JSON file
+            blob = meta_path.read_text()
+        state.progress = RunProgress.from_dict(json.loads(blob)) if blob else RunProgress()
         for key, value in (expect or {}).items():
-            if state.meta.get(key) != value:
+            saved = getattr(state.progress, key)
+            if saved != value:
                 raise StateMismatchError(
-                    f"saved state in {directory} has {key}={state.meta.get(key)!r}, "
+                    f"saved state in {directory} has {key}={saved!r}, "
                     f"but this run has {key}={value!r}: it belongs to another dataset or configuration")
         return state
 

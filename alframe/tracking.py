@@ -177,3 +177,73 @@ class Tracker:
         """Send deferred metrics and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
         self.log_metrics({})
         _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
+
+
+# --------------------------------------------------------------------------- run artifacts
+def start_run(tracking_uri: str, experiment_name: str, run_id: str | None, run_name: str | None,
+              tags: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path) -> Tracker:
+    """Continue the MLflow run ``run_id``, or create one with ``tags``, the flattened
+    ``config`` as params and ``run_dir/config.yaml`` as an artifact.
+
+    Args:
+        config: the resolved config as a plain nested mapping.
+        run_dir: the job's run folder (``config.yaml`` is written there).
+    """
+    tracker = Tracker(tracking_uri, experiment_name, run_id=run_id, run_name=run_name, tags=tags)
+    if run_id is None:
+        tracker.log_params(flatten(config))
+        from omegaconf import OmegaConf
+
+        cfg_path = Path(run_dir) / "config.yaml"
+        OmegaConf.save(OmegaConf.create(dict(config)), cfg_path)
+        tracker.log_artifact(cfg_path)
+    return tracker
+
+
+def write_queries_csv(path: Path, state, class_names: list[str]) -> None:
+    """``queries.csv``: one row per label received (round, index, label, class_name), ordered
+    by round then index; round 0 is the initial labelled set.
+
+    Args:
+        state: the run's :class:`~alframe.state.PoolState`.
+        class_names: ``[C]`` names of the classes.
+    """
+    import csv
+    import io
+
+    import numpy as np
+
+    from alframe.state import atomic_write
+
+    idx = state.labelled_idx
+    order = np.lexsort((idx, state.labelled_round[idx]))
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["round", "index", "label", "class_name"])
+    for i in idx[order]:
+        y = int(state.labels[i])
+        w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]])
+    atomic_write(Path(path), lambda f: f.write(buf.getvalue().encode("utf-8")))
+
+
+def save_labelled_set(path: Path, state) -> None:
+    """``labelled_set.npz``: ``idx [L]``, ``labels [L]``, ``round [L]`` of the labelled set."""
+    import numpy as np
+
+    idx = state.labelled_idx
+    np.savez(path, idx=idx, labels=state.labels[idx], round=state.labelled_round[idx])
+
+
+def plot_budget_curve(history: list[dict], path: Path, title: str, label: str) -> None:
+    """Save one run's budget curve (test accuracy against number of labels) as a PNG, drawn by
+    the report's plotter (:func:`alframe.report.plot_budget_curves`) as a one-run group."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from alframe.report import plot_budget_curves
+
+    curves = pd.DataFrame({"group": label, "labels": [h["n_labelled"] for h in history],
+                           "mean": [h["test_accuracy"] for h in history], "std": float("nan"), "n_seeds": 1})
+    fig = plot_budget_curves(curves, title=title)
+    fig.savefig(path)
+    plt.close(fig)

@@ -22,7 +22,8 @@ from hydra import compose, initialize_config_dir
 
 from alframe.data.base import LabelledView, make_loader
 from alframe.inference import compute_outputs, evaluate
-from alframe.loop import build_net, initial_indices, run_experiment, seed_for
+from alframe.loop import initial_indices, run_experiment
+from alframe.training import build_net, round_seed
 from alframe.state import PoolState
 from alframe.strategies.uncertainty import entropy
 from alframe.tracking import prepare_store
@@ -47,9 +48,9 @@ def plain_loop(cfg) -> tuple[list[float], np.ndarray]:
     accs, queried = [], []
     val = data.validation_set()
     for r in range(int(cfg.loop.rounds) + 1):
-        seed = seed_for(int(cfg.seed), r)
+        seed = round_seed(cfg.seed, r)
         pl.seed_everything(seed, verbose=False)
-        net = build_net(cfg, data)
+        net = build_net(cfg, data.num_classes, data.input_shape)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.model.optimizer.lr)
         idx = state.labelled_idx
         loader = make_loader(LabelledView(data.train, idx, state.labels[idx]), batch_size=int(cfg.model.batch_size),

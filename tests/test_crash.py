@@ -64,8 +64,8 @@ def test_sigkill_while_labelling_loses_nothing(tmp_path):
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     killed = PoolState.load(run_dir)
-    run_id = killed.meta["run_id"]
-    assert killed.meta["pending_request"]["round"] == 1
+    run_id = killed.progress.run_id
+    assert killed.progress.pending.round == 1
     answered_r1 = [a["index"] for a in json.loads((run_dir / "answers" / "round_1.json").read_text())["answers"]]
     assert len(answered_r1) == 2
 
@@ -80,7 +80,7 @@ def test_sigkill_while_labelling_loses_nothing(tmp_path):
     assert "2 answers of this batch were saved earlier" in transcript.getvalue()
     assert transcript.getvalue().count("label> ") == 2
     state = PoolState.load(run_dir)
-    assert state.meta["run_id"] == run_id and state.meta["finished"]
+    assert state.progress.run_id == run_id and state.progress.finished
     np.testing.assert_array_equal(state.labels[first], y[first])  # round 0, all from session 1
     r1 = np.flatnonzero(state.labelled_round == 1)
     assert len(r1) == 4

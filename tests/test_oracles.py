@@ -215,7 +215,7 @@ def test_terminal_quit_and_resume_through_the_loop(store, tmp_path):
     state = PoolState.load(res.run_dir)
     assert state.n_labelled == 3
     np.testing.assert_array_equal(state.labels[first[:3]], answers[:3])
-    assert state.meta["pending_request"]["idx"] == first[3:].tolist()
+    assert state.progress.pending.idx == first[3:].tolist()
     assert metric(res.tracking_uri, res.run_id, "labels_received") == []  # round 0 not complete yet
 
     cfg2 = compose(["oracle=terminal", *TINY, "loop.resume=true"], tmp_path)

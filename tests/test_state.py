@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from alframe.state import PoolState, StateMismatchError
+from alframe.state import PoolState, StateMismatchError, RunProgress
 
 
 def make(n=10, holdout=(8, 9)):
-    return PoolState.create(n, holdout=np.array(holdout), meta={"dataset_fingerprint": "d1"})
+    return PoolState.create(n, holdout=np.array(holdout), progress=RunProgress(dataset_fingerprint="d1"))
 
 
 def test_new_state_has_everything_in_pool_but_holdout():
@@ -55,12 +55,12 @@ def test_label_refuses_already_labelled_and_keeps_first_label():
 def test_save_load_round_trip_is_exact_and_leaves_no_temp_files(tmp_path):
     s = make()
     s.label(np.array([0, 4]), np.array([1, 9]), round=0)
-    s.meta["run_id"] = "abc"
+    s.progress.run_id = "abc"
     s.save(tmp_path)
     t = PoolState.load(tmp_path, expect={"dataset_fingerprint": "d1"})
     for name in ("labelled_round", "labels", "available"):
         np.testing.assert_array_equal(getattr(t, name), getattr(s, name))
-    assert t.meta == s.meta
+    assert t.progress == s.progress
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool_state.json", "pool_state.npz"]
 
 

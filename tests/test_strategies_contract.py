@@ -60,7 +60,7 @@ def make_outputs(candidates: np.ndarray, mc_samples: int, seed: int = 0) -> Mode
 
 
 def snapshot(outputs: ModelOutputs, state: PoolState):
-    return copy.deepcopy((outputs.__dict__, state.labelled_round, state.labels, state.available, state.meta))
+    return copy.deepcopy((outputs.__dict__, state.labelled_round, state.labels, state.available, state.progress))
 
 
 def assert_same(a, b):

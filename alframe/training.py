@@ -1,0 +1,154 @@
+"""Training one round's model: the network, the Lightning Trainer, the device, the seeds.
+
+Everything random in round ``r`` (initial weights, training order, dropout masks of training
+and of MC scoring, the pool subset, the strategy's own draws) derives from ``(seed, r)``
+through :func:`round_seed` and :func:`round_rng`, so a resumed run repeats exactly what an
+uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from alframe.config import ConfigError, instantiate_checked
+from alframe.data.base import ALData, LabelledView, make_loader
+from alframe.models.base import ALNet
+from alframe.state import PoolState, atomic_write
+
+MODEL_FILE = "last_model.pt"
+#: keys of the ``trainer`` group that alframe reads itself; the rest go to pytorch_lightning.Trainer
+ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra")
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's info logs and the warnings that do not apply to AL rounds (tiny
+    labelled sets, no validation split, CPU runs on a GPU machine)."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*does not have many workers.*", ".*number of training batches.*",
+                    ".*GPU available but not used.*", ".*but have no `val_dataloader`.*", ".*LeafSpec.*is deprecated.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def round_seed(seed: int, round: int) -> int:
+    """The torch seed of round ``round`` in a run with ``seed`` (an int in [0, 2^31 - 1))."""
+    return (int(seed) * 1_000_003 + int(round) * 7919) % (2**31 - 1)
+
+
+def round_rng(seed: int, round: int) -> np.random.Generator:
+    """The NumPy generator of round ``round`` (pool subset, strategy draws, initial set)."""
+    return np.random.default_rng([int(seed), int(round)])
+
+
+def build_net(cfg: DictConfig, num_classes: int, input_shape: tuple[int, ...]) -> ALNet:
+    """A fresh network from ``cfg.model.net``.
+
+    Args:
+        num_classes: C, size of the output layer.
+        input_shape: ``(channels, height, width)`` of one sample.
+
+    Raises:
+        ConfigError: the model's own message (e.g. weights unavailable, input too small), or a
+            ``_target_`` that does not build an alframe ALNet.
+    """
+    net = instantiate_checked(cfg.model.net, f"model={cfg.model.get('name')}", num_classes=num_classes,
+                              input_shape=tuple(input_shape))
+    if not isinstance(net, ALNet):
+        raise ConfigError(f"model.net._target_={cfg.model.net._target_!r} must build an alframe ALNet "
+                          f"(trunk + head), got {type(net).__name__}")
+    return net
+
+
+def build_module(cfg: DictConfig, net: ALNet) -> pl.LightningModule:
+    """The LightningModule of ``model.module`` (default: :class:`~alframe.models.lightning.ALClassifier`)
+    around ``net``, with ``model.optimizer`` and ``model.scheduler``.
+
+    Raises:
+        ConfigError: a bad optimiser, scheduler or module value, naming the key.
+    """
+    module_cfg = cfg.model.get("module") or {"_target_": "alframe.models.lightning.ALClassifier", "_partial_": True}
+    optimizer = instantiate_checked(cfg.model.optimizer, "model.optimizer")
+    scheduler = instantiate_checked(cfg.model.scheduler, "model.scheduler") if cfg.model.get("scheduler") else None
+    factory = instantiate_checked(OmegaConf.create(module_cfg), "model.module")
+    return factory(net=net, optimizer=optimizer, scheduler=scheduler)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool) -> pl.Trainer:
+    """The round's ``pytorch_lightning.Trainer`` from the ``trainer`` group (``_target_``):
+    no logger, checkpoints, progress bar or model summary; early stopping on ``val_accuracy``
+    when ``trainer.early_stopping_patience`` is set and there is a validation split."""
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    patience = t.get("early_stopping_patience")
+    use_val = has_val and patience is not None
+    callbacks = [pl.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(patience))] \
+        if use_val else []
+    kwargs = {k: v for k, v in t.items() if k not in ALFRAME_TRAINER_KEYS}
+    kwargs.setdefault("_target_", "pytorch_lightning.Trainer")
+    kwargs.update(t.get("extra") or {})
+    return instantiate_checked(OmegaConf.create(kwargs), "trainer", logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                               limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
+                               default_root_dir=str(run_dir))
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    """The torch device for scoring and evaluation, matching ``trainer.accelerator``."""
+    acc = str(cfg.trainer.accelerator)
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    if acc == "mps" or (acc == "auto" and torch.backends.mps.is_available()):
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Path,
+        pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> ALNet:
+    """Train a fresh network on the labelled set of ``state`` (labels from the oracle only).
+
+    Args:
+        round: the round (seeds initialisation and training order from ``(seed, round)``).
+        pseudo: optional ``(idx [P] int, labels [P] int)`` pseudo-labelled pool samples
+            (CEAL) added to this round's training set only; never written to ``state``.
+
+    Returns:
+        The trained network (CPU or ``trainer.accelerator``'s device), in eval mode.
+    """
+    seed = round_seed(cfg.seed, round)
+    pl.seed_everything(seed, verbose=False)
+    net = build_net(cfg, data.num_classes, data.input_shape)
+    module = build_module(cfg, net)
+    idx, y = state.labelled_idx, state.labels[state.labelled_idx]
+    if pseudo is not None and len(pseudo[0]):
+        idx, y = np.concatenate([idx, pseudo[0]]), np.concatenate([y, pseudo[1]])
+    train_loader = make_loader(LabelledView(data.train, idx, y, data.train_transform),
+                               batch_size=int(cfg.model.batch_size), shuffle=True, seed=seed)
+    has_val = len(data.val_idx) > 0
+    trainer = build_trainer(cfg, run_dir, has_val)
+    val_loader = make_loader(data.validation_set(), batch_size=int(cfg.loop.eval_batch_size)) \
+        if has_val and cfg.trainer.get("early_stopping_patience") is not None else None
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    net = module.net
+    del trainer, module
+    return net
+
+
+def save_net(net: ALNet, run_dir: Path) -> None:
+    """Write ``net``'s weights to ``run_dir/last_model.pt`` atomically."""
+    atomic_write(Path(run_dir) / MODEL_FILE, lambda f: torch.save(net.state_dict(), f))
+
+
+def load_net(cfg: DictConfig, data: ALData, run_dir: Path) -> ALNet | None:
+    """The last saved model of ``run_dir`` (eval mode), or None when none was saved."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        return None
+    net = build_net(cfg, data.num_classes, data.input_shape)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net
