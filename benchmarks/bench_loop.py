@@ -23,10 +23,10 @@ from hydra import compose, initialize_config_dir
 from alframe.data.base import LabelledView, make_loader
 from alframe.inference import compute_outputs, evaluate
 from alframe.loop import initial_indices, run_experiment
-from alframe.training import build_net, round_seed
 from alframe.state import PoolState
 from alframe.strategies.uncertainty import entropy
 from alframe.tracking import prepare_store
+from alframe.training import build_net, round_seed
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alframe.state import PoolState, StateMismatchError, RunProgress
+from alframe.state import PoolState, RunProgress, StateMismatchError
 
 
 def make(n=10, holdout=(8, 9)):
