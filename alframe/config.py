@@ -47,43 +47,25 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
 
 
-def _int(cfg: DictConfig, key: str, low: int | None = None, high: int | None = None, nullable: bool = False,
-         what: str | None = None) -> int | None:
+def _int(cfg: DictConfig, key: str, low: int, high: int, what: str) -> None:
     value = _get(cfg, key)
-    allowed = what or (f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
-    if nullable:
-        allowed += " or null"
-    if value is None:
-        if nullable:
-            return None
-        raise ConfigError(f"{key} is missing: must be {allowed}")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{key}={value} is invalid: must be {allowed}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}={value!r} is invalid: must be {what}")
 
 
 def validate_static(cfg: DictConfig) -> None:
-    """Check values that do not depend on the data.
+    """Check values that do not depend on the data: the ranges of :mod:`alframe.schema`, the
+    seed and ``loop.resume``.
 
     Raises:
         ConfigError: naming the key, the bad value and the allowed range.
     """
-    _int(cfg, "seed", 0)
-    initial = _int(cfg, "loop.initial_size", 1)
-    query = _int(cfg, "loop.query_size", 1)
-    _int(cfg, "loop.rounds", 0, nullable=True)
-    budget = _get(cfg, "loop.budget")
-    if budget is not None:
-        _int(cfg, "loop.budget", initial, what=f"an integer >= loop.initial_size ({initial})")
-    _int(cfg, "loop.pool_subset", query, nullable=True,
-         what=f"an integer >= loop.query_size ({query})")
-    _int(cfg, "trainer.max_epochs", 1)
-    _int(cfg, "model.batch_size", 1)
-    patience = _get(cfg, "trainer.early_stopping_patience")
-    if patience is not None:
-        _int(cfg, "trainer.early_stopping_patience", 1, nullable=True)
+    from alframe.schema import check_ranges
+
+    seed = _get(cfg, "seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is invalid: must be an integer >= 0")
+    check_ranges(cfg)
     resume = _get(cfg, "loop.resume")
     if not isinstance(resume, (bool, str)):
         raise ConfigError(f"loop.resume={resume!r} is invalid: must be true, false or a run directory path")
@@ -95,15 +77,14 @@ def validate_with_data(cfg: DictConfig, n_pool: int, num_classes: int, has_targe
     Raises:
         ConfigError: naming the key, the bad value and the allowed range.
     """
-    _int(cfg, "loop.initial_size", 1, n_pool,
-         what=f"an integer in [1, {n_pool}] (the pool holds {n_pool} samples)")
+    _int(cfg, "loop.initial_size", 1, n_pool, f"an integer in [1, {n_pool}] (the pool holds {n_pool} samples)")
     if _get(cfg, "loop.initial_balanced"):
         if not has_targets:
             raise ConfigError("loop.initial_balanced=true needs stored labels to balance classes; this "
                               "dataset has none: set loop.initial_balanced=false")
         _int(cfg, "loop.initial_size", num_classes, n_pool,
-             what=f"an integer in [{num_classes}, {n_pool}] with loop.initial_balanced=true "
-                  f"(at least one per class, {num_classes} classes)")
+             f"an integer in [{num_classes}, {n_pool}] with loop.initial_balanced=true "
+             f"(at least one per class, {num_classes} classes)")
 
 
 #: keys added after alframe 0.1 with their defaults: dropped from the fingerprint of a
@@ -141,7 +122,7 @@ def config_fingerprints(cfg: DictConfig) -> tuple[str, set[str]]:
 
 
 def validate_loop_options(cfg: DictConfig, has_val: bool, dataset_name: str) -> None:
-    """Check ``loop.target_accuracy``, ``loop.target_metric`` and ``loop.pseudo_label_threshold``.
+    """Check ``loop.target_metric`` against the data (the ranges are in :mod:`alframe.schema`).
 
     Args:
         has_val: the dataset has a validation split.
@@ -155,15 +136,8 @@ def validate_loop_options(cfg: DictConfig, has_val: bool, dataset_name: str) -> 
     loop = cfg.loop
     target, metric = loop.get("target_accuracy"), loop.get("target_metric", "test_accuracy")
     if target is not None:
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
-            raise ConfigError(f"loop.target_accuracy={target!r} is invalid: must be an accuracy in (0, 1] or null")
         if metric not in TARGET_METRICS:
             raise ConfigError(f"loop.target_metric={metric!r} is invalid: must be one of {list(TARGET_METRICS)}")
         if metric == "val_accuracy" and not has_val:
             raise ConfigError("loop.target_metric=val_accuracy needs a validation split, but dataset "
                               f"{dataset_name!r} has none: set dataset.val_size > 0 or use test_accuracy")
-    threshold = loop.get("pseudo_label_threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0.0 < float(threshold) <= 1.0):
-        raise ConfigError(f"loop.pseudo_label_threshold={threshold!r} is invalid: must be a confidence "
-                          "in (0, 1] (e.g. 0.99) or null to turn pseudo-labelling off")

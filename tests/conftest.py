@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import alframe  # noqa: F401  (registers the structured config schemas with Hydra)
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

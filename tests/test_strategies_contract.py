@@ -1,7 +1,7 @@
 """The query-strategy contract, checked for every ``conf/strategy/*.yaml`` (found automatically).
 
-Each strategy is built with ``hydra.utils.instantiate`` and fed ModelOutputs with every field
-filled for a small synthetic pool, as the loop would (including ``loop.pool_subset``: the
+Each strategy is built with ``hydra.utils.instantiate`` and fed ModelOutputs with only the
+fields it declares in ``requires`` for a small synthetic pool, as the loop would (including ``loop.pool_subset``: the
 candidates are a strict subset of the pool). It must return ``min(k, M)`` unique indices, all
 from the candidates (so none labelled, none held out), the same ones for the same seed, and
 must leave its inputs unchanged.
@@ -44,8 +44,10 @@ def make_state() -> PoolState:
     return s
 
 
-def make_outputs(candidates: np.ndarray, mc_samples: int, seed: int = 0) -> ModelOutputs:
-    """Every field filled: clustered embeddings, probabilities and MC samples in float32."""
+def make_outputs(candidates: np.ndarray, mc_samples: int, requires, seed: int = 0) -> ModelOutputs:
+    """The fields of ``requires`` filled, as the loop's scoring does (clustered embeddings,
+    probabilities and MC samples in float32); the rest stays None, so a strategy that reads
+    an output it does not declare fails."""
     g = torch.Generator().manual_seed(seed)
     m = len(candidates)
     centres = torch.randn(3, D, generator=g) * 4
@@ -54,9 +56,10 @@ def make_outputs(candidates: np.ndarray, mc_samples: int, seed: int = 0) -> Mode
     t = max(int(mc_samples or 0), 1)
     mc_logits = logits[:, None, :] + torch.randn(m, t, C, generator=g)
     lab_emb = centres[torch.arange(len(LABELLED)) % 3] + torch.randn(len(LABELLED), D, generator=g)
-    return ModelOutputs(idx=np.asarray(candidates, dtype=np.int64), probs=torch.softmax(logits, 1),
-                        mc_probs=torch.softmax(mc_logits, 2), embeddings=emb,
-                        labelled_idx=LABELLED.copy(), labelled_embeddings=lab_emb)
+    full = {"probs": torch.softmax(logits, 1), "mc_probs": torch.softmax(mc_logits, 2), "embeddings": emb,
+            "labelled_embeddings": lab_emb}
+    return ModelOutputs(idx=np.asarray(candidates, dtype=np.int64),
+                        **{k: v for k, v in full.items() if k in set(requires)})
 
 
 def snapshot(outputs: ModelOutputs, state: PoolState):
@@ -102,7 +105,7 @@ def test_strategy_contract(path, m, k):
     pool = state.pool_idx  # 88 samples
     # a strict subset of the pool, as with loop.pool_subset, in a non-sorted order
     candidates = np.random.default_rng(m).choice(pool, size=m, replace=False)
-    outputs = make_outputs(candidates, strategy.mc_samples)
+    outputs = make_outputs(candidates, strategy.mc_samples, strategy.requires)
     before = snapshot(outputs, state)
     first = strategy.query(outputs, state, k, np.random.default_rng(123))
     check(first, candidates, state, k)
@@ -117,9 +120,9 @@ def test_strategy_with_empty_labelled_set(path):
     strategy = build(path)
     state = PoolState.create(N, holdout=HELD_OUT)
     candidates = state.pool_idx[::3]
-    outputs = make_outputs(candidates, strategy.mc_samples)
-    outputs.labelled_idx = np.zeros(0, dtype=np.int64)
-    outputs.labelled_embeddings = torch.zeros(0, D)
+    outputs = make_outputs(candidates, strategy.mc_samples, strategy.requires)
+    if "labelled_embeddings" in strategy.requires:
+        outputs.labelled_embeddings = torch.zeros(0, D)
     check(strategy.query(outputs, state, 5, np.random.default_rng(0)), candidates, state, 5)
 
 
@@ -127,6 +130,6 @@ def test_strategy_with_empty_labelled_set(path):
 def test_strategy_rejects_bad_k(path):
     strategy = build(path)
     state = make_state()
-    outputs = make_outputs(state.pool_idx[:10], strategy.mc_samples)
+    outputs = make_outputs(state.pool_idx[:10], strategy.mc_samples, strategy.requires)
     with pytest.raises(ValueError, match="k"):
         strategy.query(outputs, state, 0, np.random.default_rng(0))

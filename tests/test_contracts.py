@@ -1,0 +1,140 @@
+"""Contracts every config group must keep, found automatically from ``conf/``: adding a
+dataset, model, oracle or experiment YAML puts it under these tests with no test code.
+
+- every model config composes, builds its network and LightningModule, and gives ``[B, C]``;
+- every oracle config instantiates and passes the oracle contract: driven as its labeller
+  would (nothing for simulations, typed answers, clicks, a filled CSV), it returns labels for
+  requested indices only, in ``[0, C)``, the true ones for the non-noisy oracles, with per-label
+  seconds where a person answers, and it can be closed twice;
+- every experiment config composes and passes the range checks of :mod:`alframe.schema`;
+- every schema default passes its own range checks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from alframe.config import validate_static
+from alframe.data.digits import digits
+from alframe.oracles.base import LabelRequest, LabelResult, Oracle
+from alframe.training import build_module, build_net
+
+from .conftest import CONFIG_DIR, compose
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+# --------------------------------------------------------------------------- models
+@pytest.mark.parametrize("name", options("model"))
+def test_model_config_builds_net_and_module(name, tmp_path):
+    cfg = compose([f"model={name}"], tmp_path)
+    shape = (3, 32, 32) if name in ("resnet18", "image_classifier") else (1, 28, 28)
+    net = build_net(cfg, 7, shape)
+    module = build_module(cfg, net)
+    assert module.net is net
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    assert isinstance(opt, torch.optim.Optimizer)
+    net.eval()
+    assert net(torch.zeros(2, *shape)).shape == (2, 7)
+    validate_static(cfg)
+
+
+# --------------------------------------------------------------------------- experiments
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_config_composes_and_passes_the_range_checks(name, tmp_path):
+    validate_static(compose([f"experiment={name}"], tmp_path))
+
+
+def test_schema_defaults_pass_their_own_checks(tmp_path):
+    validate_static(compose([], tmp_path))
+
+
+# --------------------------------------------------------------------------- oracles
+IDX = np.array([5, 9, 11, 20])
+
+
+def drive_stored(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Path) -> LabelResult:
+    return oracle.label(req)
+
+
+def drive_terminal(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Path) -> LabelResult:
+    oracle.input_stream = io.StringIO("".join(f"{y}\n" for y in truth[req.idx]))
+    oracle.output = io.StringIO()
+    return oracle.label(req)
+
+
+def drive_web(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Path) -> LabelResult:
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", oracle.label(req)), daemon=True)
+    t.start()
+    while oracle.session.request is None:
+        t.join(0.02)
+    client = oracle.app.test_client()
+    for i in req.idx:
+        assert client.post("/api/label", json={"index": int(i), "label": int(truth[i])}).status_code == 200
+    t.join(30)
+    return out["r"]
+
+
+def drive_files(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Path) -> LabelResult:
+    first = oracle.label(req)
+    assert first.pending and len(first.idx) == 0  # hands the batch off and waits
+    path = run_dir / "queries" / f"round_{req.round}" / "labels.csv"
+    rows = list(csv.DictReader(path.open()))
+    for r in rows:
+        r["label"] = str(truth[int(r["index"])])
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return oracle.label(req)  # as after loop.resume=true
+
+
+#: how each oracle's labeller answers with the true class; a new oracle needs one line here
+DRIVERS = {"stored": drive_stored, "noisy": drive_stored, "terminal": drive_terminal, "web": drive_web,
+           "files": drive_files}
+#: oracles that may answer wrongly on purpose
+NOISY = {"noisy"}
+
+
+def test_every_oracle_has_a_driver():
+    assert set(options("oracle")) == set(DRIVERS), "add a driver for the new oracle to DRIVERS"
+
+
+@pytest.mark.parametrize("name", options("oracle"))
+def test_oracle_contract(name, data, tmp_path):
+    overrides = [f"oracle={name}"] + (["oracle.port=0"] if name == "web" else [])
+    oracle = instantiate(compose(overrides, tmp_path).oracle)
+    assert isinstance(oracle, Oracle)
+    oracle.setup(data, tmp_path)
+    try:
+        req = LabelRequest(round=1, idx=IDX, predicted=np.array([0, 1, 2, 3]),
+                           confidence=np.array([0.9, 0.8, 0.7, 0.6]))
+        res = DRIVERS[name](oracle, req, data.targets, tmp_path)
+        assert isinstance(res, LabelResult) and not res.pending
+        assert sorted(res.idx.tolist()) == IDX.tolist()
+        assert ((res.labels >= 0) & (res.labels < data.num_classes)).all()
+        got = dict(zip(res.idx.tolist(), res.labels.tolist(), strict=True))
+        if name not in NOISY:
+            assert got == {int(i): int(data.targets[i]) for i in IDX}
+        if oracle.interactive:
+            assert res.seconds is not None and len(res.seconds) == len(res.idx) and (res.seconds >= 0).all()
+    finally:
+        oracle.close()
+        oracle.close()
