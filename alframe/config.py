@@ -19,11 +19,12 @@ class ConfigError(ValueError):
     """A configuration value is out of its allowed range; the message names key, value and range."""
 
 
-def instantiate_checked(node: DictConfig, what: str, **kwargs: Any) -> Any:
+def instantiate_checked(node: DictConfig, what: str, errors: tuple[type[BaseException], ...] = (ValueError, TypeError),
+                        **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)`` with constructor errors made readable.
 
     A :class:`ConfigError` raised inside (e.g. a dataset's missing-files error) comes out as
-    itself; a ``ValueError``/``TypeError`` becomes a one-line ConfigError prefixed with ``what``
+    itself; one of ``errors`` (default ``ValueError``/``TypeError``) becomes a one-line ConfigError prefixed with ``what``
     (e.g. ``"strategy (alframe.strategies.batch.PowerBALD)"``), so the command line shows the
     message without a stack trace. Anything else propagates unchanged.
     """
@@ -38,7 +39,7 @@ def instantiate_checked(node: DictConfig, what: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        if isinstance(e.__cause__, (ValueError, TypeError)):
+        if isinstance(e.__cause__, errors):
             raise ConfigError(f"{what}: {e.__cause__}") from e
         raise
 

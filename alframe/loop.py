@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alframe import progress
+from alframe import faults, progress
 from alframe.config import (
     ConfigError,
     config_fingerprints,
@@ -37,53 +37,28 @@ from alframe.config import (
 )
 from alframe.data.base import ALData, load_data
 from alframe.inference import compute_outputs, evaluate
-from alframe.metrics import aubc, labels_to_target
+from alframe.metrics import aubc, labels_to_target  # noqa: F401 (re-exported)
 from alframe.models.base import ALNet
 from alframe.oracle_session import OracleSession
 from alframe.oracles.base import Oracle
 from alframe.pseudo import PseudoLabeller
 from alframe.resume import resolve_run_dir
 from alframe.state import PendingRequest, PoolState, RunProgress, StateMismatchError
-from alframe.strategies.base import QueryStrategy
-from alframe.tracking import (
-    Tracker,
-    default_tracking_uri,
-    plot_budget_curve,
-    save_labelled_set,
-    start_run,
-    write_queries_csv,
+from alframe.strategies.base import QueryStrategy, check_query
+from alframe.tracking import RunResult, Tracker, close_run, default_tracking_uri, start_run, write_queries_csv
+from alframe.training import (
+    SCORE,
+    check_training_setup,
+    device_of,
+    fit,
+    load_net,
+    quiet_lightning,
+    round_rng,
+    round_seed,
+    save_net,
 )
-from alframe.training import build_net, device_of, fit, load_net, quiet_lightning, round_rng, save_net
 
 quiet_lightning()
-
-
-@dataclass
-class RunResult:
-    """What one experiment job produced.
-
-    Attributes:
-        run_dir: folder with the pool state, queries.csv, plots and the resolved config.
-        run_id: MLflow run id.
-        tracking_uri: MLflow tracking URI.
-        experiment_name: MLflow experiment name.
-        history: one dict per evaluated round (round, n_labelled, test_accuracy, ...).
-        status: ``"finished"`` or ``"pending"`` (stopped to wait for labels; resume later).
-        final_accuracy: test accuracy of the last evaluated round (NaN if none).
-        aubc: area under the budget curve normalised to [0, 1] (NaN if no round evaluated).
-        labels_to_target: number of labels at which ``loop.target_metric`` first reached
-            ``loop.target_accuracy`` (NaN when not reached or no target is set).
-    """
-
-    run_dir: Path
-    run_id: str
-    tracking_uri: str
-    experiment_name: str
-    history: list[dict] = field(default_factory=list)
-    status: str = "finished"
-    final_accuracy: float = float("nan")
-    aubc: float = float("nan")
-    labels_to_target: float = float("nan")
 
 
 def initial_indices(cfg: DictConfig, data: ALData, state: PoolState, k: int | None = None) -> np.ndarray:
@@ -111,24 +86,6 @@ def initial_indices(cfg: DictConfig, data: ALData, state: PoolState, k: int | No
     rest = np.setdiff1d(pool, chosen)
     extra = rng.choice(rest, size=k - len(chosen), replace=False)
     return np.sort(np.concatenate([chosen, extra]).astype(np.int64))
-
-
-def check_query(chosen: np.ndarray, candidates: np.ndarray, state: PoolState, k: int, name: str) -> None:
-    """Enforce the strategy contract: ``min(k, M)`` unique candidate indices, none labelled.
-
-    Raises:
-        RuntimeError: naming the strategy and what it broke.
-    """
-    want = min(k, len(candidates))
-    if len(chosen) != want:
-        raise RuntimeError(f"strategy {name!r} returned {len(chosen)} indices, expected {want}")
-    if len(np.unique(chosen)) != len(chosen):
-        raise RuntimeError(f"strategy {name!r} returned duplicate indices")
-    outside = np.setdiff1d(chosen, candidates)
-    if len(outside):
-        raise RuntimeError(f"strategy {name!r} returned indices outside the scored pool: {outside[:10].tolist()}")
-    if state.labelled_mask[chosen].any():
-        raise RuntimeError(f"strategy {name!r} returned already-labelled indices")
 
 
 class Experiment:
@@ -169,9 +126,8 @@ class Experiment:
                 dataset_fingerprint=self.data.fingerprint, config_fingerprint=fingerprint))
         validate_with_data(cfg, self.state.n_pool + self.state.n_labelled, self.data.num_classes,
                            self.data.targets is not None)
-        # model config errors (input too small, weights missing) before any labelling
-        build_net(cfg, self.data.num_classes, self.data.input_shape)
         validate_loop_options(cfg, len(self.data.val_idx) > 0, self.data.name)
+        check_training_setup(cfg, self.data, self.strategy, self.run_dir, int(self.state.pool_idx[0]))
         self.device = device_of(cfg)
         self.eval_batch_size = int(cfg.loop.eval_batch_size)
         self.session = OracleSession(self.oracle, self.data, self.state, self._save, self.device)
@@ -255,6 +211,7 @@ class Experiment:
         """Train round ``r``'s model, evaluate, log at step = number of labels, and save."""
         net, row = self._train(r, prev)
         tracker.log_metrics(row, step=self.state.n_labelled)
+        faults.point("logged")
         self.progress.history.append(row)
         self.progress.evaluated_round = r
         self._save()
@@ -276,6 +233,8 @@ class Experiment:
         if loop.pool_subset is not None and int(loop.pool_subset) < len(pool):
             candidates = np.sort(rng.choice(pool, size=int(loop.pool_subset), replace=False))
         with progress.status(f"round {r}: scoring {len(candidates)} pool samples"):
+            torch.manual_seed(round_seed(self.cfg.seed, r, SCORE))  # MC-dropout masks
+            faults.point("score")
             t0 = time.perf_counter()
             outputs = compute_outputs(net, self.data.train, candidates, self.strategy.requires,
                                       mc_samples=int(getattr(self.strategy, "mc_samples", 0) or 0),
@@ -286,6 +245,7 @@ class Experiment:
             chosen = np.asarray(self.strategy.query(outputs, state, k, rng), dtype=np.int64)
             query_s = time.perf_counter() - t0
         check_query(chosen, candidates, state, k, self.strategy.name)
+        faults.point("query_done")
         tracker.log_metrics({"score_seconds": score_s, "query_seconds": query_s}, step=state.n_labelled, defer=True)
         return chosen
 
@@ -331,6 +291,7 @@ class Experiment:
 
     def _save(self) -> None:
         self.state.save(self.run_dir)
+        faults.point("state_saved")
         write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names)
 
     def _start_tracking(self) -> Tracker:
@@ -347,47 +308,28 @@ class Experiment:
         return tracker
 
     def _finish(self, tracker: Tracker, status: str) -> RunResult:
-        tracker.log_metrics({})  # send deferred metrics (timings) also when stopping for labels
-        history, state = self.progress.history, self.state
-        result = RunResult(run_dir=self.run_dir, run_id=tracker.run_id, tracking_uri=tracker.tracking_uri,
-                           experiment_name=self.cfg.mlflow.experiment_name, history=history, status=status)
-        if history:
-            result.final_accuracy = float(history[-1]["test_accuracy"])
-            result.aubc = aubc([h["n_labelled"] for h in history], [h["test_accuracy"] for h in history])
-            plot = self.run_dir / "budget_curve.png"
-            plot_budget_curve(history, plot, f"{self.strategy.name} on {self.data.name} (seed {self.cfg.seed})",
-                              self.strategy.name)
-            tracker.log_artifact(plot)
-        tracker.log_artifact(self.run_dir / "queries.csv")
-        if status == "finished":
-            summary = {"final_accuracy": result.final_accuracy, "aubc": result.aubc,
-                       "final_n_labelled": float(state.n_labelled)}
-            target, metric = self.target
-            if target is not None:
-                result.labels_to_target = labels_to_target(history, target, metric)
-                summary["target_reached"] = float(not np.isnan(result.labels_to_target))
-                if summary["target_reached"]:
-                    summary["labels_to_target"] = result.labels_to_target
-            tracker.log_metrics(summary, step=state.n_labelled)
-            save_labelled_set(self.run_dir / "labelled_set.npz", state)
-            tracker.log_artifact(self.run_dir / "labelled_set.npz")
-            tracker.finish("FINISHED")
-        else:  # waiting for labels: the run stays RUNNING until it is resumed
-            tracker.set_tags({"alframe.status": "waiting_for_labels"})
+        title = f"{self.strategy.name} on {self.data.name} (seed {self.cfg.seed})"
+        result = close_run(tracker, self.run_dir, self.cfg.mlflow.experiment_name, self.progress.history,
+                           self.state, status, title, self.strategy.name, self.target)
         progress.summary(result, pending=status == "pending")
         gc.collect()
         return result
 
 
-def run_experiment(cfg: DictConfig, job_dir: str | Path, sweep_id: str | None = None) -> RunResult:
-    """Build and run one experiment job (see :class:`Experiment`); ``smoke=true`` shrinks it
-    to one tiny round first (:func:`alframe.smoke.apply_smoke`)."""
+def build_experiment(cfg: DictConfig, job_dir: str | Path, sweep_id: str | None = None) -> Experiment:
+    """The :class:`Experiment` of one job, all checks done; ``smoke=true`` shrinks it to one
+    tiny round first (:func:`alframe.smoke.apply_smoke`)."""
     if cfg.get("smoke"):
         from alframe.smoke import apply_smoke
 
         cfg = apply_smoke(cfg)
-    return Experiment(cfg, Path(job_dir), sweep_id=sweep_id).run()
+    return Experiment(cfg, Path(job_dir), sweep_id=sweep_id)
 
 
-__all__ = ["Experiment", "RunResult", "run_experiment", "initial_indices", "check_query", "aubc",
+def run_experiment(cfg: DictConfig, job_dir: str | Path, sweep_id: str | None = None) -> RunResult:
+    """Build and run one experiment job (see :func:`build_experiment`)."""
+    return build_experiment(cfg, job_dir, sweep_id).run()
+
+
+__all__ = ["Experiment", "RunResult", "build_experiment", "run_experiment", "initial_indices", "check_query", "aubc",
            "labels_to_target", "ConfigError", "StateMismatchError"]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from alframe import progress
+from alframe import faults, progress
 from alframe.data.base import ALData
 from alframe.inference import compute_outputs
 from alframe.models.base import ALNet
@@ -63,9 +63,11 @@ class OracleSession:
         if len(idx) == 0:  # nothing to ask (e.g. seed labels already cover the initial set)
             result = LabelResult(idx=np.empty(0, dtype=np.int64), labels=np.empty(0, dtype=np.int64))
         else:
+            faults.point("oracle")
             with progress.paused(self.oracle.interactive):
                 result = self.oracle.label(LabelRequest(round=round, idx=idx, predicted=predicted,
                                                         confidence=confidence))
+            faults.point("oracle_done")
         extra = set(int(i) for i in result.idx) - set(int(i) for i in idx)
         if extra:
             raise RuntimeError(f"oracle {type(self.oracle).__name__} labelled indices that were not requested: "

@@ -35,27 +35,60 @@ def find_resumable(output_root: Path, fingerprints: set[str]) -> Path | None:
     return None if best is None else best[1]
 
 
+#: what a run leaves in its folder that another run must never write over
+RUN_FILES = ("pool_state.npz", "answers", "queries")
+
+
+def run_files_in(folder: Path) -> list[str]:
+    """Names of :data:`RUN_FILES` present in ``folder`` (pool state, a person's answers, label
+    files); Hydra's own ``.hydra/`` and log file do not count."""
+    return [name for name in RUN_FILES if (Path(folder) / name).exists()]
+
+
 def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprints: set[str]) -> tuple[Path, bool]:
     """Where this job's state lives, and whether it resumes a saved state.
 
-    ``loop.resume=false`` uses ``job_dir``; ``true`` continues the newest run with the same
-    config under ``paths.output_root`` (or starts fresh if there is none); a path continues the
-    run saved there.
+    - ``loop.resume=false``: ``job_dir``, which must not hold another run's files.
+    - ``loop.resume=true``: the job's own folder when it holds a run of this config (an
+      explicit ``hydra.run.dir``, or the job's sweep subfolder); otherwise the newest run of
+      this config under ``paths.output_root``; otherwise a new run in ``job_dir``.
+    - ``loop.resume=<folder>``: the run saved there.
 
     Args:
+        job_dir: the folder the command itself uses (Hydra's run dir or sweep job subfolder).
         fingerprints: config fingerprints a saved run may carry to count as this config.
 
     Raises:
-        ConfigError: ``loop.resume`` names a folder without a saved state.
+        ConfigError: ``job_dir`` holds a run's files and resuming is off, or ``loop.resume``
+            names a folder without a saved state.
+        StateMismatchError: ``loop.resume=true`` and ``job_dir`` holds a run of another config.
     """
+    from alframe.state import StateMismatchError
+
     resume = cfg.loop.resume
+    job_dir = Path(job_dir)
     if resume is False or resume is None:
+        found = run_files_in(job_dir)
+        if found:
+            raise ConfigError(
+                f"{job_dir.resolve()} already holds a run ({', '.join(found)}); nothing was changed. "
+                "Continue it with loop.resume=true, or write this run to another folder (hydra.run.dir=...)")
         return job_dir, False
     if resume is True or str(resume).lower() == "true":
+        if PoolState.exists(job_dir):
+            if saved_fingerprint(job_dir) not in fingerprints:
+                raise StateMismatchError(
+                    f"{job_dir.resolve()} holds a run of another configuration (config_fingerprint="
+                    f"{saved_fingerprint(job_dir)!r}); nothing was changed. Resume it with the config it was "
+                    "started with (its config.yaml), or write this run to another folder")
+            return job_dir, True
+        if run_files_in(job_dir):
+            raise ConfigError(f"{job_dir.resolve()} holds label files ({', '.join(run_files_in(job_dir))}) "
+                              "but no pool state; nothing was changed. Move them away or use another folder")
         found = find_resumable(Path(cfg.paths.output_root), fingerprints)
         if found is None:
-            progress.console.print("[yellow]loop.resume=true: no saved run with this config under "
-                                   f"{cfg.paths.output_root}; starting a new run[/yellow]")
+            progress.console.print(f"[yellow]loop.resume=true: no saved run with this config in {job_dir} or "
+                                   f"under {cfg.paths.output_root}; starting a new run[/yellow]", soft_wrap=True)
             return job_dir, False
         return found, True
     path = Path(str(resume)).expanduser()

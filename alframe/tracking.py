@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,6 +181,74 @@ class Tracker:
 
 
 # --------------------------------------------------------------------------- run artifacts
+@dataclass
+class RunResult:
+    """What one experiment job produced.
+
+    Attributes:
+        run_dir: folder with the pool state, queries.csv, plots and the resolved config.
+        run_id: MLflow run id.
+        tracking_uri: MLflow tracking URI.
+        experiment_name: MLflow experiment name.
+        history: one dict per evaluated round (round, n_labelled, test_accuracy, ...).
+        status: ``"finished"`` or ``"pending"`` (stopped to wait for labels; resume later).
+        final_accuracy: test accuracy of the last evaluated round (NaN if none).
+        aubc: area under the budget curve normalised to [0, 1] (NaN if no round evaluated).
+        labels_to_target: number of labels at which ``loop.target_metric`` first reached
+            ``loop.target_accuracy`` (NaN when not reached or no target is set).
+    """
+
+    run_dir: Path
+    run_id: str
+    tracking_uri: str
+    experiment_name: str
+    history: list[dict] = field(default_factory=list)
+    status: str = "finished"
+    final_accuracy: float = float("nan")
+    aubc: float = float("nan")
+    labels_to_target: float = float("nan")
+
+
+def close_run(tracker: Tracker, run_dir: Path, experiment_name: str, history: list[dict], state, status: str,
+              title: str, label: str, target: tuple[float | None, str]) -> RunResult:
+    """Log the end of a job: budget-curve plot and ``queries.csv`` always; when finished also
+    the summary metrics, ``labelled_set.npz`` and status FINISHED; when waiting for labels the
+    run stays RUNNING, tagged ``alframe.status=waiting_for_labels``.
+
+    Args:
+        history: the evaluated rounds (dicts with ``n_labelled``, ``test_accuracy``, ...).
+        state: the run's :class:`~alframe.state.PoolState`.
+        status: ``"finished"`` or ``"pending"``.
+        title, label: the plot's title and the curve's legend label.
+        target: ``(loop.target_accuracy or None, loop.target_metric)``.
+    """
+    import numpy as np
+
+    from alframe.metrics import aubc, labels_to_target
+
+    tracker.log_metrics({})  # send deferred metrics (timings) also when stopping for labels
+    result = RunResult(run_dir=run_dir, run_id=tracker.run_id, tracking_uri=tracker.tracking_uri,
+                       experiment_name=experiment_name, history=history, status=status)
+    if history:
+        result.final_accuracy = float(history[-1]["test_accuracy"])
+        result.aubc = aubc([h["n_labelled"] for h in history], [h["test_accuracy"] for h in history])
+        plot_budget_curve(history, run_dir / "budget_curve.png", title, label)
+        tracker.log_artifact(run_dir / "budget_curve.png")
+    tracker.log_artifact(run_dir / "queries.csv")
+    if status != "finished":
+        tracker.set_tags({"alframe.status": "waiting_for_labels"})
+        return result
+    summary = {"final_accuracy": result.final_accuracy, "aubc": result.aubc, "final_n_labelled": float(state.n_labelled)}
+    if target[0] is not None:
+        result.labels_to_target = labels_to_target(history, target[0], target[1])
+        summary["target_reached"] = float(not np.isnan(result.labels_to_target))
+        if summary["target_reached"]:
+            summary["labels_to_target"] = result.labels_to_target
+    tracker.log_metrics(summary, step=state.n_labelled)
+    save_labelled_set(run_dir / "labelled_set.npz", state)
+    tracker.log_artifact(run_dir / "labelled_set.npz")
+    tracker.finish("FINISHED")
+    return result
 def start_run(tracking_uri: str, experiment_name: str, run_id: str | None, run_name: str | None,
               tags: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path) -> Tracker:
     """Continue the MLflow run ``run_id``, or create one with ``tags``, the flattened

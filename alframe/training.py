@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
+from alframe import faults
 from alframe.config import ConfigError, instantiate_checked
 from alframe.data.base import ALData, LabelledView, make_loader
 from alframe.models.base import ALNet
@@ -37,9 +39,15 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def round_seed(seed: int, round: int) -> int:
-    """The torch seed of round ``round`` in a run with ``seed`` (an int in [0, 2^31 - 1))."""
-    return (int(seed) * 1_000_003 + int(round) * 7919) % (2**31 - 1)
+#: torch random streams of one round: training (init, order, dropout) and MC-dropout scoring
+TRAIN, SCORE = 0, 1
+
+
+def round_seed(seed: int, round: int, stream: int = TRAIN) -> int:
+    """The torch seed of ``stream`` in round ``round`` of a run with ``seed`` (an int in
+    [0, 2^31 - 1)); scoring has its own stream, so a model reloaded on resume draws the same
+    MC-dropout masks as the one still in memory."""
+    return (int(seed) * 1_000_003 + int(round) * 7919 + int(stream) * 104_729) % (2**31 - 1)
 
 
 def round_rng(seed: int, round: int) -> np.random.Generator:
@@ -92,10 +100,40 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool) -> pl.Trainer:
     kwargs = {k: v for k, v in t.items() if k not in ALFRAME_TRAINER_KEYS}
     kwargs.setdefault("_target_", "pytorch_lightning.Trainer")
     kwargs.update(t.get("extra") or {})
-    return instantiate_checked(OmegaConf.create(kwargs), "trainer", logger=False, enable_checkpointing=False,
+    return instantiate_checked(OmegaConf.create(kwargs), "trainer", errors=(ValueError, TypeError,
+                               MisconfigurationException), logger=False, enable_checkpointing=False,
                                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                                limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
                                default_root_dir=str(run_dir))
+
+
+def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path, sample: int) -> None:
+    """Build what training and scoring will build (network, optimiser, scheduler, Trainer, one
+    augmented sample), so a bad value is a ConfigError before any labelling.
+
+    Args:
+        strategy: the run's QueryStrategy (MC-dropout strategies need dropout with p > 0).
+        sample: index of a pool image to run the training transforms on.
+
+    Raises:
+        ConfigError: naming the key and its value.
+    """
+    net = build_net(cfg, data.num_classes, data.input_shape)
+    if "mc_probs" in strategy.requires and not net.has_dropout:
+        raise ConfigError(
+            f"strategy={strategy.name} samples MC dropout, but model={cfg.model.get('name')} has no dropout "
+            "layer with p > 0 (check model.net's dropout settings): every MC sample would be identical. "
+            "Set a dropout probability > 0 or pick a strategy without MC dropout (e.g. entropy)")
+    try:
+        build_module(cfg, net).configure_optimizers()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.optimizer/model.scheduler ({cfg.model.optimizer.get('_target_')}): {e}") from e
+    build_trainer(cfg, run_dir, len(data.val_idx) > 0)
+    if data.train_transform is not None:
+        try:
+            data.train_transform(data.train[sample][0])
+        except Exception as e:  # noqa: BLE001 - any failure of a user's transform
+            raise ConfigError(f"dataset.augment: the transforms fail on a training image: {e}") from e
 
 
 def device_of(cfg: DictConfig) -> torch.device:
@@ -133,7 +171,9 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
     trainer = build_trainer(cfg, run_dir, has_val)
     val_loader = make_loader(data.validation_set(), batch_size=int(cfg.loop.eval_batch_size)) \
         if has_val and cfg.trainer.get("early_stopping_patience") is not None else None
+    faults.point("fit")
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    faults.point("fit_done")
     net = module.net
     del trainer, module
     return net

@@ -65,8 +65,8 @@ class ALNet(nn.Module):
 
     @property
     def has_dropout(self) -> bool:
-        """True when the network has any dropout layer (MC dropout is possible)."""
-        return any(isinstance(m, DROPOUT_TYPES) for m in self.modules())
+        """True when the network has a dropout layer with p > 0 (MC dropout is possible)."""
+        return any(isinstance(m, DROPOUT_TYPES) and m.p > 0 for m in self.modules())
 
 
 @contextlib.contextmanager

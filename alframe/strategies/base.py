@@ -86,3 +86,21 @@ def top_k(scores: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"non-finite acquisition scores for indices {idx[bad][:10].tolist()}")
     order = np.lexsort((idx, -scores))
     return idx[order[: min(k, len(idx))]]
+
+
+def check_query(chosen: np.ndarray, candidates: np.ndarray, state: PoolState, k: int, name: str) -> None:
+    """Enforce the strategy contract: ``min(k, M)`` unique candidate indices, none labelled.
+
+    Raises:
+        RuntimeError: naming the strategy and what it broke.
+    """
+    want = min(k, len(candidates))
+    if len(chosen) != want:
+        raise RuntimeError(f"strategy {name!r} returned {len(chosen)} indices, expected {want}")
+    if len(np.unique(chosen)) != len(chosen):
+        raise RuntimeError(f"strategy {name!r} returned duplicate indices")
+    outside = np.setdiff1d(chosen, candidates)
+    if len(outside):
+        raise RuntimeError(f"strategy {name!r} returned indices outside the scored pool: {outside[:10].tolist()}")
+    if state.labelled_mask[chosen].any():
+        raise RuntimeError(f"strategy {name!r} returned already-labelled indices")
