@@ -99,8 +99,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool) -> pl.Trainer:
         if use_val else []
     kwargs = {k: v for k, v in t.items() if k not in ALFRAME_TRAINER_KEYS}
     kwargs.setdefault("_target_", "pytorch_lightning.Trainer")
-    kwargs.update(t.get("extra") or {})
-    return instantiate_checked(OmegaConf.create(kwargs), "trainer", errors=(ValueError, TypeError,
+    extra = t.get("extra") or {}
+    kwargs.update(extra)
+    what = "trainer" + (f" (trainer.extra: {', '.join(f'{k}={v!r}' for k, v in extra.items())})" if extra else "")
+    return instantiate_checked(OmegaConf.create(kwargs), what, errors=(ValueError, TypeError,
                                MisconfigurationException), logger=False, enable_checkpointing=False,
                                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                                limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
@@ -126,6 +128,8 @@ def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path,
             "Set a dropout probability > 0 or pick a strategy without MC dropout (e.g. entropy)")
     try:
         build_module(cfg, net).configure_optimizers()
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model.optimizer/model.scheduler ({cfg.model.optimizer.get('_target_')}): {e}") from e
     build_trainer(cfg, run_dir, len(data.val_idx) > 0)
