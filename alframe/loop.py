@@ -436,7 +436,7 @@ class Experiment:
         else:
             with progress.paused(self.oracle.interactive):
                 result = self.oracle.label(LabelRequest(round=round, idx=idx, predicted=predicted,
-                                                        confidence=confidence))
+                                                        confidence=confidence, labelled=self.state.labels.copy()))
         requested = set(int(i) for i in idx)
         if not set(int(i) for i in result.idx) <= requested:
             raise RuntimeError(f"oracle {type(self.oracle).__name__} labelled indices that were not requested: "
