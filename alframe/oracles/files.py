@@ -39,6 +39,7 @@ CSV_COLUMNS = ["index", "file", "suggested_label", "confidence", "label"]
 README_NAME = "README.txt"
 SKIP_WORDS = (SKIP, "-")
 EMPTY = object()  # a row without an answer
+BAD = object()  # a row whose class is unknown (already reported)
 
 
 class LabelImportError(ConfigError):
@@ -243,7 +244,7 @@ class FilesOracle(Oracle):
                 except ValueError:
                     errors.append(f"{row.where} (index {i}): unknown class {text!r}")
                     unknown_class = True
-                    continue
+                    answer = BAD
             by_index.setdefault(i, []).append((row, answer))
         # 2. Per index: this round's answer, or a row of an earlier round to check and ignore.
         answers: dict[int, object] = {}
@@ -254,21 +255,22 @@ class FilesOracle(Oracle):
                     this_round = [(r, a) for r, a in rows if r.round == request.round]
                     if len(this_round) == 1:
                         rows = this_round
-                first = rows[0][0]
+                first, answer = rows[0]
                 for row, _ in rows[1:]:
                     errors.append(f"{row.where}: duplicate row for index {i} (already on {first.where})")
-                if len(rows) > 1:
-                    continue
-                answer = rows[0][1]
-                if answer is EMPTY:
+                if answer is BAD:
+                    pass  # reported above
+                elif answer is EMPTY:
                     hint = "; write a class or 'skip'" if path.suffix != ".json" else \
                         "; the task has no annotation yet: label it or press Skip in Label Studio"
                     errors.append(f"{first.where} (index {i}): the label is empty{hint}")
-                    continue
-                answers[i] = answer
+                elif len(rows) == 1:
+                    answers[i] = answer
                 continue
             old = int(known[i]) if known is not None and 0 <= i < len(known) else -1
             for row, answer in rows:
+                if answer is BAD:
+                    continue  # reported above
                 if old >= 0:  # labelled in an earlier round: never changed, never unlabelled
                     if answer == old or answer in (SKIP, EMPTY):
                         same += 1
@@ -276,8 +278,8 @@ class FilesOracle(Oracle):
                         errors.append(f"{row.where}: index {i} is already labelled {names[old]!r}, this row says "
                                       f"{names[int(answer)]!r}; a recorded label is never changed (make the "
                                       "row agree or remove it)")
-                elif i in before or (row.round is not None and row.round < request.round):
-                    r0 = before.get(i, row.round)
+                elif i in before:  # queried by this run before (its batch files), not labelled: skipped
+                    r0 = before[i]
                     if answer in (SKIP, EMPTY):
                         skipped_before += 1
                     else:

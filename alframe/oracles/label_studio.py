@@ -151,7 +151,8 @@ def read_export(path: Path) -> tuple[str, list[ExportRow]]:
 
     JSON: one row per task; the answer is its latest annotation by ``updated_at`` (a
     cancelled one = skip). JSON-MIN: records are grouped by task ``id`` and the latest record
-    wins. A task without annotations has answer None.
+    wins (records of one task carry the same ``id`` and ``index``). A task without
+    annotations has answer None.
 
     Args:
         path: the export file (a JSON list).
@@ -195,7 +196,7 @@ def read_export(path: Path) -> tuple[str, list[ExportRow]]:
             rows.append(ExportRow(where, data.get("index"), answer, _round_of(data), len(anns)))
             continue
         # JSON-MIN: one record per annotation; the same task id again is a re-label.
-        key = rec.get("id")
+        key = (rec.get("id"), str(rec.get("index"))) if "id" in rec else None
         row = ExportRow(where, rec.get("index"), _choice(rec.get("label")), _round_of(rec))
         if key is not None and key in by_task:
             kept = by_task[key]
