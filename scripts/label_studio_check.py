@@ -130,6 +130,15 @@ class LabelStudio:
                              f"{e.read()[:500].decode(errors='replace')}") from None
         return payload if raw else (json.loads(payload) if payload else None)
 
+    def status(self, path: str) -> int:
+        """HTTP status of an authenticated GET of ``path``."""
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Token {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -168,6 +177,7 @@ def main() -> int:
 
     from alframe.data.digits import digits
     from alframe.oracles import FilesOracle, LabelRequest
+    from alframe.oracles.label_studio import hotkeys, labelling_config
     from alframe.state import PoolState
 
     truth = digits().targets
@@ -201,6 +211,14 @@ def main() -> int:
         saved = server.call("GET", f"/api/projects/{pid}")["label_config"]
         check(all(f'value="{k}" hotkey="{k}"' in saved for k in range(10)),
               f"project {pid} created with alframe's config; every <Choice> keeps its hotkey (class k -> key k)")
+        many = labelling_config([f"class {k}" for k in range(47)])  # e.g. EMNIST balanced
+        big = server.call("POST", "/api/projects", {"title": "alframe 47 classes", "label_config": many})
+        saved = server.call("GET", f"/api/projects/{big['id']}")["label_config"]
+        check(all(f'hotkey="{k}"' in saved for k in hotkeys(47) if k) and 'hotkey="shift+q"' in saved,
+              "a 47-class config is accepted with its hotkeys (0-9, q w e ..., shift+q ...)")
+        first_image = json.loads((d0 / "label_studio_tasks.json").read_text())[0]["data"]["image"]
+        code = server.status(first_image)
+        check(code != 200, f"without a Local Files storage the image is refused (HTTP {code})")
         storage = server.call("POST", "/api/storages/localfiles",
                               {"project": pid, "path": str(queries), "title": "alframe queries",
                                "use_blob_urls": False})

@@ -56,7 +56,9 @@ class FilesOracle(Oracle):
     Raises:
         ValueError: an unsupported ``image_format``.
         LabelImportError: at import, a file with unknown classes, missing, extra or duplicate
-            rows, empty labels or unreadable content (all problems listed, rows named).
+            rows, empty labels, unreadable content, or rows of earlier rounds that contradict
+            the recorded labels (all problems listed, rows named; see
+            :meth:`import_label_studio`).
     """
 
     name = "files"
