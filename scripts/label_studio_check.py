@@ -180,6 +180,7 @@ def main() -> int:
     from alframe.oracles.label_studio import hotkeys, labelling_config
     from alframe.state import PoolState
 
+    t_start = time.time()
     truth = digits().targets
     exe = install(args.venv)
     version = subprocess.run([str(args.venv / "bin" / "python"), "-c",
@@ -302,7 +303,7 @@ def main() -> int:
               f"alframe imported round 1 from the reused project (round-0 rows ignored) and finished: "
               f"{len(want)} labels, all the true digit")
         passed = True
-        say(f"\nAll {len(CHECKS)} checks passed.")
+        say(f"\nAll {len(CHECKS)} checks passed in {time.time() - t_start:.0f} s.")
         return 0
     finally:
         server.stop()

@@ -355,8 +355,8 @@ Option 2: Label Studio (steps checked with Label Studio 1.23.2).
     Each class has its own hotkey (classes 0-9: keys 0-9; with more classes: letters, then shift+letter).
  3. Settings > Cloud Storage > Add Source Storage > Local files, "Absolute local path":
       {d.parent}
-    (the run's queries folder: it holds this round's images and those of later rounds). Save it;
-    do not press Sync (the tasks come from the next step).
+    (the run's queries folder: it holds the images of every round, so one storage serves all
+    rounds). Save it; do not press Sync (the tasks come from the next step).
  4. Import {TASKS_NAME} (Import button of the project).
  5. Label. The model's guess is pre-selected from round 1 on. Skip (the Skip button) returns the
     sample to the pool. If you label a task again or edit an answer, the latest answer (by
