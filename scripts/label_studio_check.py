@@ -66,6 +66,7 @@ def install(venv: Path) -> Path:
         raise SystemExit("label-studio-check: error: python3 not found on PATH (needed to create the venv)")
     say(f"Installing label-studio=={LS_VERSION} into {venv} (pip log: {pip_log}); this takes minutes ...")
     t0 = time.time()
+    venv.parent.mkdir(parents=True, exist_ok=True)
     with pip_log.open("w") as log:
         subprocess.run([python3, "-m", "venv", str(venv)], check=True)
         for args in (["--upgrade", "pip"], [f"label-studio=={LS_VERSION}"]):

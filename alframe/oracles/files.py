@@ -250,7 +250,7 @@ class FilesOracle(Oracle):
             by_index.setdefault(i, []).append((row, answer))
         # 2. Per index: this round's answer, or a row of an earlier round to check and ignore.
         answers: dict[int, object] = {}
-        same = skipped_before = 0
+        same = kept = skipped_before = 0
         for i, rows in by_index.items():
             if i in wanted_set:
                 if len(rows) > 1:  # a reused project may hold an older task of a re-queried sample
@@ -274,8 +274,10 @@ class FilesOracle(Oracle):
                 if answer is BAD:
                     continue  # reported above
                 if old >= 0:  # labelled in an earlier round: never changed, never unlabelled
-                    if answer == old or answer in (SKIP, EMPTY):
+                    if answer == old:
                         same += 1
+                    elif answer in (SKIP, EMPTY):
+                        kept += 1
                     else:
                         errors.append(f"{row.where}: index {i} is already labelled {names[old]!r}, this row says "
                                       f"{names[int(answer)]!r}; a recorded label is never changed (make the "
@@ -312,6 +314,9 @@ class FilesOracle(Oracle):
                             "labelled in Label Studio)" if missing else ""))
         if same:
             notes.append(f"{same} row(s) of samples labelled in earlier rounds ignored (same label)")
+        if kept:
+            notes.append(f"{kept} row(s) without a label for samples labelled in earlier rounds ignored "
+                         "(a recorded label is kept)")
         if skipped_before:
             notes.append(f"{skipped_before} row(s) of samples skipped in earlier rounds ignored (still skipped)")
         return (LabelResult(idx=np.asarray(idx, dtype=np.int64),
