@@ -8,7 +8,7 @@ ARGS   ?=
 THREADS ?= 2
 export OMP_NUM_THREADS ?= $(THREADS)
 
-.PHONY: help install run test test-all sweep report bench ui lint clean
+.PHONY: help install run test test-all sweep report bench ui lint clean label-studio-check
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ report: $(STAMP)  ## budget curves, AUBC, labels-to-target tables: ARGS="--exper
 
 bench: $(STAMP)  ## speed and memory benchmarks (prints ratios; see README)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+label-studio-check: $(STAMP)  ## real Label Studio round trip (own venv .venv-label-studio/, 127.0.0.1; not in `make test`)
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/label_studio_check.py $(ARGS)
 
 ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000

@@ -66,7 +66,7 @@ class OracleSession:
             faults.point("oracle")
             with progress.paused(self.oracle.interactive):
                 result = self.oracle.label(LabelRequest(round=round, idx=idx, predicted=predicted,
-                                                        confidence=confidence))
+                                                        confidence=confidence, labelled=self.state.labels.copy()))
             faults.point("oracle_done")
         extra = set(int(i) for i in result.idx) - set(int(i) for i in idx)
         if extra:

@@ -14,6 +14,7 @@ from alframe.data.digits import digits
 from alframe.loop import Experiment, initial_indices
 from alframe.oracles import LabelRequest, NoisyOracle, StoredOracle, TerminalOracle, parse_label
 from alframe.oracles.answers import SKIP, AnswerStore
+from alframe.oracles.render import RAMP, HalfBlockImage, terminal_preview
 from alframe.state import PoolState
 
 from .conftest import compose
@@ -189,6 +190,38 @@ def test_terminal_scripted_session(data, tmp_path):
     assert "suggested: 1 (class 1, model confidence 90%)" in text
     assert (tmp_path / "queries" / "round_1" / "images" / "5.png").is_file()
     assert f"image: {tmp_path / 'queries' / 'round_1' / 'images' / '9.png'}" in text.replace("\n", "")
+
+
+@pytest.mark.parametrize("how", ["NO_COLOR=1", "no colour system"])
+def test_preview_without_colour_carries_the_grey_level(how, monkeypatch):
+    """NO_COLOR=1 keeps rich's colour system but drops every colour: half blocks would all be
+    the same blank block, so the preview switches to the character ramp."""
+    from rich.console import Console
+
+    if how == "NO_COLOR=1":
+        monkeypatch.setenv("NO_COLOR", "1")
+        console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=80)
+        assert console.no_color and console.color_system is not None
+    else:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        console = Console(file=io.StringIO(), force_terminal=False, width=80)
+    ramp = np.repeat(np.linspace(0, 255, len(RAMP)).round().astype(np.uint8)[None, :], 2, axis=0)  # [2, 10]
+    console.print(HalfBlockImage(ramp, width=len(RAMP)))
+    lines = console.file.getvalue().splitlines()
+    assert lines == [RAMP]  # one text row per two pixel rows, dark -> bright
+    assert "\x1b[" not in console.file.getvalue()
+
+
+def test_terminal_preview_of_a_digit_without_colour(data, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=80)
+    console.print(terminal_preview(data.train, 0))
+    text = console.file.getvalue()
+    assert "\u2580" not in text  # no half blocks
+    assert len(set(text) - {"\n"}) >= 4  # several grey levels, not one blank block
+    assert set(text) <= set(RAMP) | {"\n"}
 
 
 def test_terminal_round0_needs_a_class_and_end_of_input_quits(data, tmp_path):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +16,16 @@ from mlflow import MlflowClient
 from alframe.data.digits import digits
 from alframe.loop import Experiment
 from alframe.oracles import FilesOracle, LabelImportError, LabelRequest
+from alframe.oracles.label_studio import LETTERS, hotkeys, labelling_config
 from alframe.state import PoolState
 
 from .conftest import compose
 
 IDX = np.array([3, 8, 15, 42])
+LS_DIR = Path(__file__).parent / "data" / "label_studio"  # real Label Studio 1.23.2 exports, see README.md
+# The table of tests/data/label_studio/README.md: what a correct import gives.
+ROUND0 = {24: 6, 57: 9, 101: 8, 238: 5, 362: 1, 415: 4, 680: 3, 849: 4, 1097: 8, 1140: 8}
+ROUND1 = {697: 0, 821: 0, 959: 4, 1130: 3, 1182: 6}
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +105,18 @@ def test_label_studio_json_and_json_min_round_trip(oracle, data, tmp_path):
     truth = data.targets[IDX]
     export = []
     for n, (t, y) in enumerate(zip(tasks, truth, strict=True)):
-        older = {"id": 1, "created_at": "2026-01-01T10:00:00Z", "was_cancelled": False,
+        skipped = {"id": 1, "created_at": "2026-01-01T09:00:00Z", "was_cancelled": True, "result": []}
+        older = {"id": 2, "created_at": "2026-01-01T10:00:00Z", "was_cancelled": False,
                  "result": [{"from_name": "label", "to_name": "image", "type": "choices",
                              "value": {"choices": ["0"]}}]}
-        newer = {"id": 2, "created_at": "2026-01-02T10:00:00Z", "was_cancelled": False,
+        newer = {"id": 3, "created_at": "2026-01-02T10:00:00Z", "was_cancelled": False,
                  "result": [{"from_name": "label", "to_name": "image", "type": "choices",
                              "value": {"choices": [str(y)]}}]}
-        cancelled = {"id": 3, "created_at": "2026-01-03T10:00:00Z", "was_cancelled": True, "result": []}
-        export.append({"id": 100 + n, "data": t["data"], "annotations": [older, newer, cancelled]})
+        export.append({"id": 100 + n, "data": t["data"], "annotations": [newer, skipped, older]})
     (d / "export.json").write_text(json.dumps(export))
     res = oracle.label(request())
     assert res.idx.tolist() == IDX.tolist()
-    np.testing.assert_array_equal(res.labels, truth)  # the latest non-cancelled annotation wins
+    np.testing.assert_array_equal(res.labels, truth)  # the latest annotation wins, whatever the order
 
     (d / "export.json").write_text(json.dumps(
         [{"id": 7, "image": t["data"]["image"], "index": t["data"]["index"], "label": str(y)}
@@ -226,3 +234,189 @@ def test_files_oracle_through_the_loop(tmp_path):
     received = sorted((m.step, m.value) for m in client.get_metric_history(res.run_id, "labels_received"))
     assert received == [(6, 6.0), (10, 4.0)]
     assert client.get_run(res.run_id).info.status == "FINISHED"
+
+
+# --------------------------------------------------------------------------- real Label Studio exports
+
+
+def import_export(oracle, tmp_path, name, round, idx, labelled=None):
+    """Import the real export ``name`` as ``export.json`` of round ``round``'s folder."""
+    d = tmp_path / "queries" / f"round_{round}"
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(LS_DIR / name, d / "export.json")
+    return oracle.label(LabelRequest(round=round, idx=np.array(sorted(idx)), labelled=labelled))
+
+
+def as_dict(res):
+    return dict(zip(res.idx.tolist(), res.labels.tolist(), strict=True))
+
+
+def test_the_fixture_table_is_the_true_digits(data):
+    assert all(int(data.targets[i]) == y for i, y in {**ROUND0, **ROUND1}.items())
+
+
+@pytest.mark.parametrize("fmt", ["JSON", "JSON_MIN"])
+def test_real_export_one_annotation_per_task(oracle, tmp_path, fmt, capsys):
+    res = import_export(oracle, tmp_path, f"p1_export_{fmt}.json", 0, ROUND0)
+    assert not res.pending and as_dict(res) == ROUND0 and res.info["skipped"] == 0.0
+    assert f"Label Studio {fmt} export: 10 task(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["JSON", "JSON_MIN"])
+def test_real_export_with_skip_relabel_and_edit(oracle, tmp_path, fmt, capsys):
+    """24: Skip button (cancelled annotation; JSON-MIN leaves the task out); 57: labelled 1 then
+    again 9; 101: labelled 2, then edited to 8."""
+    res = import_export(oracle, tmp_path, f"edge_{fmt}.json", 0, ROUND0)
+    want = {i: y for i, y in ROUND0.items() if i != 24}
+    assert as_dict(res) == want and res.info["skipped"] == 1.0
+    assert 24 not in res.idx.tolist()
+    out = capsys.readouterr().out
+    assert "1 skipped, back to the pool: indices [24]" in out
+    if fmt == "JSON_MIN":
+        assert "1 with several annotations (the latest by updated_at was used)" in out
+        assert "without a record in the JSON-MIN export" in out
+    else:
+        assert "1 with several annotations" in out  # 57; the edit of 101 is one annotation
+
+
+@pytest.mark.parametrize("fmt", ["JSON", "JSON_MIN"])
+def test_real_export_of_a_project_reused_across_rounds(oracle, tmp_path, fmt, capsys):
+    labelled = np.full(1797, -1, dtype=np.int64)
+    for i, y in ROUND0.items():
+        labelled[i] = y
+    res = import_export(oracle, tmp_path, f"p1_all_{fmt}.json", 1, ROUND1, labelled=labelled)
+    assert as_dict(res) == ROUND1 and res.info["skipped"] == 0.0
+    assert "10 row(s) of samples labelled in earlier rounds ignored (same label)" in capsys.readouterr().out
+
+    # A different label for a sample labelled earlier: an error naming the index and both labels.
+    labelled[24] = 5
+    with pytest.raises(LabelImportError) as e:
+        import_export(oracle, tmp_path, f"p1_all_{fmt}.json", 1, ROUND1, labelled=labelled)
+    assert "index 24 is already labelled '5', this row says '6'" in str(e.value)
+    assert "1 problem(s)" in str(e.value)
+
+    # Nothing labelled before: the round-0 rows are of samples this run never queried.
+    with pytest.raises(LabelImportError) as e:
+        import_export(oracle, tmp_path, f"p1_all_{fmt}.json", 1, ROUND1, labelled=np.full(1797, -1))
+    msg = str(e.value)
+    assert "10 problem(s)" in msg and "index 24 was not queried in round 1 (extra row)" in msg
+
+
+def test_reused_project_skip_then_queried_again(oracle, tmp_path):
+    """24 was skipped in round 0 (still skipped: ignored) and queried again in round 2, where its
+    new task is the one read; labelling it in its old task instead is refused."""
+    oracle.write_batch(LabelRequest(round=0, idx=np.array(sorted(ROUND0))))
+    edge = json.loads((LS_DIR / "edge_JSON.json").read_text())
+    labelled = np.full(1797, -1, dtype=np.int64)
+    for i, y in ROUND0.items():
+        if i != 24:
+            labelled[i] = y
+    again = json.loads(json.dumps(edge[0]))  # task of 24, as imported again in round 2
+    again["id"], again["data"]["round"] = 99, 2
+    again["data"]["image"] = again["data"]["image"].replace("round_0", "round_2")
+    again["annotations"][0].update(was_cancelled=False, updated_at="2026-11-30T10:00:00Z", result=[
+        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["6"]}}])
+    d = tmp_path / "queries" / "round_2"
+    d.mkdir(parents=True)
+    (d / "export.json").write_text(json.dumps([*edge, again]))
+    res = oracle.label(LabelRequest(round=2, idx=np.array([24]), labelled=labelled))
+    assert as_dict(res) == {24: 6}
+
+    edge[0]["annotations"][0].update(was_cancelled=False, updated_at="2026-11-30T10:00:00Z",
+                                     result=again["annotations"][0]["result"])
+    (d / "export.json").write_text(json.dumps(edge))
+    with pytest.raises(LabelImportError, match="index 24 was skipped in round 0 and is back in the pool"):
+        oracle.label(LabelRequest(round=2, idx=np.array([821]), labelled=labelled))
+
+
+def test_json_task_without_annotation_is_reported_not_skipped(oracle, tmp_path):
+    tasks = json.loads((LS_DIR / "p1_export_JSON.json").read_text())
+    tasks[0]["annotations"] = []  # exported with "all tasks": never labelled
+    d = tmp_path / "queries" / "round_0"
+    d.mkdir(parents=True)
+    (d / "export.json").write_text(json.dumps(tasks[:-1]))  # and the last task not exported
+    with pytest.raises(LabelImportError) as e:
+        oracle.label(LabelRequest(round=0, idx=np.array(sorted(ROUND0))))
+    msg = str(e.value)
+    assert "task 1 (id 1) (index 24): the label is empty; the task has no annotation yet" in msg
+    assert "missing rows for indices [1140]" in msg and "2 problem(s)" in msg
+
+
+# --------------------------------------------------------------------------- labelling config
+
+
+def test_hotkeys_are_the_class_numbers_up_to_ten_classes(oracle):
+    oracle.write_batch(request())
+    root = ET.fromstring((oracle.round_dir(2) / "label_studio_config.xml").read_text())
+    choices = [(c.get("value"), c.get("hotkey")) for c in root.iter("Choice")]
+    assert choices == [(str(k), str(k)) for k in range(10)]  # pressing 3 labels "3"
+    assert hotkeys(3) == ["0", "1", "2"]
+
+
+def test_hotkeys_for_more_classes_are_unique_letters_then_shift(oracle):
+    keys = hotkeys(60)
+    assert keys[:10] == [str(k) for k in range(10)]
+    assert keys[10:13] == ["q", "w", "e"] and keys[32] == "m"
+    assert keys[33] == "shift+q" and keys[55] == "shift+m" and keys[56:] == [None] * 4
+    used = [k for k in keys if k]
+    assert len(used) == len(set(used)) == 56
+    assert not {"r", "u", "h"} & set(used) and len(LETTERS) == 23
+    names = [f"c&<{k}>" for k in range(47)]  # EMNIST-balanced size, names that need escaping
+    root = ET.fromstring(labelling_config(names))
+    got = [(c.get("value"), c.get("hotkey")) for c in root.iter("Choice")]
+    assert got == list(zip(names, keys[:47], strict=True))
+    with pytest.raises(ValueError, match="n_classes=0"):
+        hotkeys(0)
+
+
+def test_round_readme_and_message_give_the_label_studio_steps(oracle, tmp_path, capsys):
+    oracle.label(request())
+    d = (tmp_path / "queries" / "round_2").resolve()
+    text = (d / "README.txt").read_text()
+    assert "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true" in text
+    assert "Add Source Storage > Local files" in text and f"\n      {d.parent}\n" in text
+    assert "Skip" in text and "latest answer (by\n    updated_at)" in text and "one project for all rounds" in text
+    assert "3=3 [key 3]" in text
+    tasks = json.loads((d / "label_studio_tasks.json").read_text())
+    assert tasks[0]["data"]["round"] == 2
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=" + str(d / "images" / "3.png").lstrip("/")
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert str(d / "README.txt") in out and "section 'Label Studio'" in out
+
+
+@pytest.mark.usefixtures("store")
+def test_real_exports_through_the_loop(tmp_path):
+    """The run the fixtures came from (seed 0, 10 initial labels): round 0 imports the real export
+    with a skip, a re-label and an edit; round 1 imports a JSON-MIN export of the whole reused
+    project (round-0 rows ignored) and the run finishes in the same MLflow run."""
+    y = digits().targets
+    over = ["oracle=files", "trainer.max_epochs=2", "loop.initial_size=10", "loop.query_size=5",
+            "loop.rounds=1", "seed=0"]
+    res = Experiment(compose(over, tmp_path), tmp_path / "job").run()
+    assert res.status == "pending"
+    d0 = res.run_dir / "queries" / "round_0"
+    assert sorted(int(r["index"]) for r in read_csv(d0 / "labels.csv")) == sorted(ROUND0)
+    shutil.copy(LS_DIR / "edge_JSON.json", d0 / "export.json")
+    resume = [*over, "loop.resume=true"]
+    res2 = Experiment(compose(resume, tmp_path), tmp_path / "job2").run()
+    assert res2.status == "pending" and res2.run_id == res.run_id
+    state = PoolState.load(res.run_dir)
+    assert {int(i): int(state.labels[i]) for i in state.labelled_idx} == {i: v for i, v in ROUND0.items() if i != 24}
+
+    # Round 1 in the same Label Studio project: JSON-MIN of all tasks, one record per annotation.
+    d1 = res.run_dir / "queries" / "round_1"
+    tasks = json.loads((d1 / "label_studio_tasks.json").read_text())
+    new = [{**t["data"], "id": 100 + k, "label": str(y[t["data"]["index"]]), "annotation_id": 200 + k,
+            "updated_at": "2026-11-30T10:00:00.000000Z"} for k, t in enumerate(tasks)]
+    old = json.loads((LS_DIR / "edge_JSON_MIN.json").read_text())
+    (d1 / "export.json").write_text(json.dumps(old + new))
+    res3 = Experiment(compose(resume, tmp_path), tmp_path / "job3").run()
+    assert res3.status == "finished" and res3.run_id == res.run_id
+    state = PoolState.load(res.run_dir)
+    assert state.n_labelled == 14
+    np.testing.assert_array_equal(state.labels[state.labelled_idx], y[state.labelled_idx])
+    client = MlflowClient(res.tracking_uri)
+    received = sorted((m.step, m.value) for m in client.get_metric_history(res.run_id, "labels_received"))
+    assert received == [(9, 9.0), (14, 5.0)]
+    skipped = sorted((m.step, m.value) for m in client.get_metric_history(res.run_id, "skipped"))
+    assert skipped == [(9, 1.0), (14, 0.0)]

@@ -20,12 +20,16 @@ class LabelRequest:
         predicted: ``[k] int64`` the model's predicted class (the suggestion), or None
             (round 0 has no model yet).
         confidence: ``[k] float`` the model's probability of ``predicted``, or None.
+        labelled: ``[N] int64`` the labels recorded so far for every train-source sample
+            (-1 = not labelled), or None. Only labels an oracle gave; lets a tool that exports
+            a whole project recognise rows of earlier rounds.
     """
 
     round: int
     idx: np.ndarray
     predicted: np.ndarray | None = None
     confidence: np.ndarray | None = None
+    labelled: np.ndarray | None = None
 
 
 @dataclass

@@ -65,7 +65,8 @@ RAMP = " .:-=+*#%@"
 
 class HalfBlockImage:
     """A rich renderable drawing an image with unicode upper half blocks (two pixels per cell),
-    or with a brightness ramp of ASCII characters when the console has no colours.
+    or with a brightness ramp of ASCII characters (:data:`RAMP`, dark to bright) when the console
+    has no colours or colour is turned off (``NO_COLOR=1``).
 
     Args:
         pixels: ``[H, W]`` or ``[H, W, 3]`` uint8.
@@ -80,7 +81,9 @@ class HalfBlockImage:
 
     def __rich_console__(self, console, options):
         rgb = self.rgb
-        if console.color_system is None:  # no colours (a pipe, TERM=dumb): a brightness ramp
+        # No colours (a pipe, TERM=dumb, NO_COLOR=1: rich keeps a colour system but drops every
+        # colour, so half blocks would all look alike): characters whose density is the grey level.
+        if console.color_system is None or console.no_color:
             grey = rgb.astype(float).mean(axis=2)
             grey = (grey[0::2] + grey[1::2]) / 2
             for row in grey:
