@@ -98,6 +98,20 @@ def test_csv_round_trip(oracle, data, tmp_path):
     assert res.info["skipped"] == 1.0
 
 
+def test_csv_rows_whose_file_and_index_disagree_are_refused(oracle, data, tmp_path):
+    """A spreadsheet sort of one column puts labels on other images: refused, naming the lines."""
+    oracle.label(request())
+    path = tmp_path / "queries" / "round_2" / "labels.csv"
+    rows = read_csv(path)
+    for r in rows:
+        r["label"] = str(data.targets[int(r["index"])])
+    rows[0]["file"], rows[1]["file"] = rows[1]["file"], rows[0]["file"]
+    write_csv(path, rows)
+    with pytest.raises(LabelImportError, match=r"line 2: file 'images/8.png' is not the image of index '3'"
+                       r"(.|\n)*line 3: file 'images/3.png' is not the image of index '8'"):
+        oracle.label(request())
+
+
 def test_label_studio_json_and_json_min_round_trip(oracle, data, tmp_path):
     oracle.label(request())
     d = tmp_path / "queries" / "round_2"

@@ -159,10 +159,19 @@ class FilesOracle(Oracle):
                 if missing_cols:
                     raise LabelImportError(f"{path}: missing column(s) {missing_cols}; the header must contain "
                                            f"'index' and 'label' (found {header})")
-                entries = [_Row(f"line {reader.line_num}", row.get("index"), row.get("label"), None)
-                           for row in reader]
+                rows = [(reader.line_num, row) for row in reader]
         except UnicodeDecodeError as e:
             raise LabelImportError(f"{path}: not a UTF-8 text CSV file ({e})") from None
+        # The file column names the image written for that index (images/<index>.png): a row
+        # whose file and index disagree was shuffled (e.g. one column sorted on its own).
+        shuffled = [f"line {n}: file {row['file']!r} is not the image of index {row.get('index')!r} "
+                    f"(expected images/{str(row.get('index')).strip()}.png)"
+                    for n, row in rows if (row.get("file") or "").strip()
+                    and Path(row["file"].strip()).stem != str(row.get("index")).strip()]
+        if shuffled:
+            raise LabelImportError(f"{path}: rows whose file and index disagree, so a label may sit on the wrong "
+                                   "image; nothing was imported:\n  " + "\n  ".join(shuffled))
+        entries = [_Row(f"line {n}", row.get("index"), row.get("label"), None) for n, row in rows]
         result, notes = self._validate(path, entries, request)
         return (result, notes) if with_notes else result
 
