@@ -176,7 +176,12 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
     val_loader = make_loader(data.validation_set(), batch_size=int(cfg.loop.eval_batch_size)) \
         if has_val and cfg.trainer.get("early_stopping_patience") is not None else None
     faults.point("fit")
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    except SystemExit as e:  # Lightning turns Ctrl-C/SIGTERM into sys.exit(1): keep it an interrupt
+        if trainer.interrupted:
+            raise KeyboardInterrupt("interrupted during training") from e
+        raise
     faults.point("fit_done")
     net = module.net
     del trainer, module
