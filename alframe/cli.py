@@ -19,14 +19,15 @@ warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStor
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
 
 
-def job_context() -> tuple[Path, str | None]:
-    """This job's output dir and, in a multirun, the sweep id shared by its jobs."""
+def job_context() -> tuple[Path, str | None, int | None]:
+    """This job's output dir and, in a multirun, the sweep id shared by its jobs and the job number."""
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    sweep_id = None
+    sweep_id = job_num = None
     if hc.mode == RunMode.MULTIRUN:
         sweep_id = Path(hc.sweep.dir).name
-    return job_dir, sweep_id
+        job_num = int(hc.job.num)
+    return job_dir, sweep_id, job_num
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -40,7 +41,11 @@ def main(cfg: DictConfig) -> float:
     from alframe.loop import run_experiment
     from alframe.state import StateMismatchError
 
-    job_dir, sweep_id = job_context()
+    from alframe import progress
+
+    job_dir, sweep_id, job_num = job_context()
+    if job_num is not None:  # parallel jobs share the terminal: say whose line it is
+        progress.set_job_prefix(f"[job {job_num} {cfg.strategy.name} seed{cfg.seed}] ")
     try:
         result = run_experiment(cfg, job_dir, sweep_id=sweep_id)
     except (ConfigError, StateMismatchError) as e:

@@ -407,6 +407,8 @@ class Experiment:
                 "run_dir": str(self.run_dir)}
         if self.sweep_id:
             tags["sweep_id"] = self.sweep_id
+        if cfg.get("smoke"):
+            tags["alframe.smoke"] = "true"
         tracker = Tracker(uri, cfg.mlflow.experiment_name, run_id=self.meta.get("run_id"),
                           run_name=cfg.mlflow.get("run_name"), tags=tags)
         if not self.meta.get("run_id"):
@@ -648,8 +650,8 @@ class Experiment:
             tracker.log_artifact(labelled)
             tracker.finish("FINISHED")
         else:  # waiting for labels: the run stays RUNNING until it is resumed
-            tracker.set_tags({"alframe.status": "waiting_for_labels"})
-        progress.summary(result, pending=status == "pending")
+            tracker.wait_for_labels()
+        progress.summary(result, pending=status == "pending", link=tracker.budget_curves_url(self.sweep_id))
         gc.collect()
         return result
 
