@@ -40,7 +40,8 @@ report: $(STAMP)  ## budget curves, AUBC, labels-to-target tables: ARGS="--exper
 bench: $(STAMP)  ## speed and memory benchmarks (prints ratios; see README)
 	$(BIN)/python -m benchmarks $(ARGS)
 
-ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000
+ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000; prints the budget-curve links (ARGS="--experiment NAME --sweep-id latest")
+	-$(BIN)/python -m alframe.mlflow_ui --tracking-uri sqlite:///$(CURDIR)/outputs/mlflow.db $(ARGS)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
 lint: $(STAMP)  ## ruff

@@ -651,7 +651,8 @@ class Experiment:
             tracker.finish("FINISHED")
         else:  # waiting for labels: the run stays RUNNING until it is resumed
             tracker.wait_for_labels()
-        progress.summary(result, pending=status == "pending", link=tracker.budget_curves_url(self.sweep_id))
+        link = tracker.budget_curves_url(self.sweep_id, ui_url=self.cfg.mlflow.get("ui_url"))
+        progress.summary(result, pending=status == "pending", link=link)
         gc.collect()
         return result
 

@@ -58,8 +58,9 @@ class PrepareMlflowStore(Callback):
         try:
             uri = tracking_uri_of(config)
             client, exp_id = prepare_store(uri, config.mlflow.experiment_name)
-            link = budget_curves_link(client, uri, exp_id, sweep_id)
-            grouped = budget_curves_link(client, uri, exp_id, sweep_id, group_by="strategy")
+            ui_url = config.mlflow.get("ui_url")
+            link = budget_curves_link(client, uri, exp_id, sweep_id, ui_url=ui_url)
+            grouped = budget_curves_link(client, uri, exp_id, sweep_id, group_by="strategy", ui_url=ui_url)
         except Exception as e:  # noqa: BLE001 - the jobs' results are stored; only the link is missing
             log.warning("alframe: could not store the MLflow chart view of sweep %s (%s)", sweep_id, e)
             return
