@@ -67,8 +67,10 @@ def chart_cards(page) -> list[dict]:
             const box = card.getBoundingClientRect();
             const legend = [...card.querySelectorAll('span')].map(s => s.textContent)
                 .filter(t => t.endsWith(' (' + h.title + ')'));
-            return {title: h.title, top: box.top, bottom: box.bottom, legend: legend,
-                    traces: card.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length};
+            // plotly keeps the drawn data on its graph div
+            const traces = (card.querySelector('.js-plotly-plot').data || [])
+                .map(t => ({name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}));
+            return {title: h.title, top: box.top, bottom: box.bottom, legend: legend, traces: traces};
         })
         .sort((a, b) => a.top - b.top)""")
 
@@ -116,7 +118,13 @@ def test_printed_link_shows_all_budget_curves_on_the_first_screen(tmp_path, stor
                 assert 0 < first["top"] and first["bottom"] <= SCREEN["height"]  # whole chart on the first screen
                 # every run of the sweep is drawn, and nothing else (no FAILED run, no report run)
                 assert sorted(t.rsplit(" (", 1)[0] for t in first["legend"]) == names
-                assert first["traces"] == 4
+                # the lines are the runs' MLflow values against the number of labels
+                drawn = [(t["x"], t["y"]) for t in first["traces"] if t["x"]]
+                for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
+                    hist = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "test_accuracy"))
+                    assert [x for x, _ in hist] == [20, 30, 40]
+                    assert any(x == [20, 30, 40] and y == pytest.approx([v for _, v in hist]) for x, y in drawn), \
+                        (r.info.run_name, first["traces"])
                 assert "Budget curve" in page.inner_text("body")
             finally:
                 browser.close()
