@@ -37,11 +37,10 @@ def main(cfg: DictConfig) -> float:
     Bad configuration values end the process with exit code 2 and a one-line message that
     names the key, the value and the allowed range.
     """
+    from alframe import progress
     from alframe.config import ConfigError
     from alframe.loop import run_experiment
     from alframe.state import StateMismatchError
-
-    from alframe import progress
 
     job_dir, sweep_id, job_num = job_context()
     if job_num is not None:  # parallel jobs share the terminal: say whose line it is

@@ -572,7 +572,7 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
     disp = display_table(report, baseline)
     for _, row in disp.iterrows():
         table.add_row(row["strategy"], row["seeds"], row["labels"], row["final acc"], row["AUBC"])
-    console.print(table)
+    console.print(table, soft_wrap=False)  # tables lay out to the terminal width
     targets = Table(title=f"labels to reach a test accuracy (savings vs {baseline}, on the mean curves)")
     for c in ("strategy", "target", "per seed: median [q25, q75]", "mean curve", "savings"):
         targets.add_column(c, justify="left" if c == "strategy" else "right")
@@ -580,7 +580,7 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
         for t in report.targets:
             k = target_key(t)
             targets.add_row(r.group, f"{k}%", *_target_cells(r, k, baseline))
-    console.print(targets)
+    console.print(targets, soft_wrap=False)
     if report.pairwise is not None:
         pw = Table(title="pairwise: share of (seed, budget) pairs where row beats column")
         pw.add_column("")
@@ -588,7 +588,7 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
             pw.add_column(c, justify="right")
         for name, row in report.pairwise.iterrows():
             pw.add_row(name, *["-" if np.isnan(v) else f"{v:.2f}" for v in row.tolist()])
-        console.print(pw)
+        console.print(pw, soft_wrap=False)
     for n in report.notes:
         console.print(f"[yellow]note:[/yellow] {n}")
 
