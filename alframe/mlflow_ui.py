@@ -115,7 +115,9 @@ def chart_view_state(search_filter: str, metric: str = "test_accuracy", group_by
         # the first section holds only the budget curve; MLflow appends the other metrics'
         # sections after it because the accordion counts as reordered
         "compareRunSections": [
-            {"uuid": section, "name": "Budget curve", "display": True, "isReordered": True},
+            # one card per row: the curve gets the chart area's full width
+            {"uuid": section, "name": "Budget curve", "display": True, "isReordered": True, "columns": 1,
+             "cardHeight": 320},
             {"uuid": "alframe-model-metrics-section", "name": MODEL_METRICS_SECTION, "display": True,
              "isReordered": False},
         ],

@@ -52,8 +52,9 @@ class PrepareMlflowStore(Callback):
         from pathlib import Path
 
         from alframe.mlflow_ui import budget_curves_link
-        from alframe.progress import console
+        from alframe.progress import console, set_job_prefix
 
+        set_job_prefix("")  # sequential launchers ran the jobs in this process
         sweep_id = Path(str(config.hydra.sweep.dir)).name
         try:
             uri = tracking_uri_of(config)
