@@ -23,14 +23,15 @@ warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStor
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
 
 
-def job_context() -> tuple[Path, str | None]:
-    """This job's output dir and, in a multirun, the sweep id shared by its jobs."""
+def job_context() -> tuple[Path, str | None, int | None]:
+    """This job's output dir and, in a multirun, the sweep id shared by its jobs and the job number."""
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    sweep_id = None
+    sweep_id = job_num = None
     if hc.mode == RunMode.MULTIRUN:
         sweep_id = Path(hc.sweep.dir).name
-    return job_dir, sweep_id
+        job_num = int(hc.job.num)
+    return job_dir, sweep_id, job_num
 
 
 class Interrupted(KeyboardInterrupt):
@@ -73,10 +74,13 @@ def main(cfg: DictConfig) -> float:
     Ctrl-C or SIGTERM saves the state, marks the MLflow run KILLED, prints the command that
     resumes, and exits with code 130.
     """
+    from alframe import progress
     from alframe.config import ConfigError, validate_static
     from alframe.state import StateMismatchError
 
-    job_dir, sweep_id = job_context()
+    job_dir, sweep_id, job_num = job_context()
+    if job_num is not None:  # parallel jobs share the terminal: say whose line it is
+        progress.set_job_prefix(f"[job {job_num} {cfg.strategy.name} seed{cfg.seed}] ")
     experiment = None
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:

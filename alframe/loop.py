@@ -299,7 +299,8 @@ class Experiment:
         uri = p.tracking_uri or cfg.mlflow.tracking_uri or default_tracking_uri(cfg.paths.output_root)
         tags = {"strategy": self.strategy.name, "dataset": self.data.name, "model": cfg.model.name,
                 "seed": cfg.seed, "oracle": getattr(self.oracle, "name", type(self.oracle).__name__),
-                "run_dir": str(self.run_dir), **({"sweep_id": self.sweep_id} if self.sweep_id else {})}
+                "run_dir": str(self.run_dir), **({"sweep_id": self.sweep_id} if self.sweep_id else {}),
+                **({"alframe.smoke": "true"} if cfg.get("smoke") else {})}
         tracker = start_run(uri, cfg.mlflow.experiment_name, p.run_id, cfg.mlflow.get("run_name"), tags,
                             OmegaConf.to_container(cfg, resolve=True), self.run_dir)
         if p.run_id is None:
@@ -311,7 +312,8 @@ class Experiment:
         title = f"{self.strategy.name} on {self.data.name} (seed {self.cfg.seed})"
         result = close_run(tracker, self.run_dir, self.cfg.mlflow.experiment_name, self.progress.history,
                            self.state, status, title, self.strategy.name, self.target)
-        progress.summary(result, pending=status == "pending")
+        link = tracker.budget_curves_url(self.sweep_id, ui_url=self.cfg.mlflow.get("ui_url"))
+        progress.summary(result, pending=status == "pending", link=link)
         gc.collect()
         return result
 

@@ -1,4 +1,9 @@
-"""Terminal output with rich: a line per round while the run works, a summary at the end."""
+"""Terminal output with rich: a line per round while the run works, a summary at the end.
+
+In a parallel sweep several jobs write to one terminal; :func:`set_job_prefix` (called by the
+CLI for each multirun job) puts the job's label in front of every line this module prints, so
+the round rows of different jobs can be told apart.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,34 @@ import math
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
-console = Console(highlight=False)
+
+class PrefixedConsole(Console):
+    """A rich Console that starts every printed line of plain-string output with a prefix.
+
+    Lines are never wrapped by rich (``soft_wrap``): sentences, paths and links stay whole and the
+    terminal wraps them, so banners do not break mid-sentence and links can be copied.
+    """
+
+    prefix: str = ""
+
+    def print(self, *objects, **kwargs) -> None:  # noqa: D401 - same contract as Console.print
+        """Console.print, with :attr:`prefix` before each line when all objects are strings."""
+        if self.prefix and objects and all(isinstance(o, str) for o in objects):
+            text = kwargs.pop("sep", " ").join(objects)
+            objects = ("\n".join(escape(self.prefix) + line for line in text.split("\n")),)
+        super().print(*objects, **kwargs)
+
+
+console = PrefixedConsole(highlight=False, soft_wrap=True)
 _interactive_depth = 0
+
+
+def set_job_prefix(prefix: str) -> None:
+    """Start every line printed from now on with ``prefix`` (``""`` turns it off), e.g.
+    ``"[job 1 entropy seed0] "`` for one job of a parallel sweep."""
+    console.prefix = prefix
 
 COLUMNS = [("round", "round", "{:d}", 5), ("labels", "n_labelled", "{:d}", 6),
            ("test acc", "test_accuracy", "{:.4f}", 8), ("val acc", "val_accuracy", "{:.4f}", 8),
@@ -65,9 +95,15 @@ def paused(interactive: bool) -> Iterator[None]:
         _interactive_depth -= int(interactive)
 
 
-def summary(result, pending: bool = False) -> None:
+def summary(result, pending: bool = False, link: str | None = None) -> None:
     """Final message: the result, where the outputs are and how to open them (the rows were
-    printed as the rounds ran)."""
+    printed as the rounds ran).
+
+    Args:
+        result: the run's ``RunResult``.
+        pending: the run stopped to wait for labels.
+        link: MLflow UI link to the budget curves of the experiment or sweep (None: not available).
+    """
     if pending:
         console.print(f"[yellow]Waiting for labels.[/yellow] State saved in {result.run_dir}. "
                       "Run the same command again with loop.resume=true (or "
@@ -79,6 +115,8 @@ def summary(result, pending: bool = False) -> None:
     console.print(f"Run folder:  {result.run_dir}", soft_wrap=True)
     console.print(f"MLflow run:  {result.run_id} in experiment '{result.experiment_name}' ({result.tracking_uri})",
                   soft_wrap=True)
+    if link:
+        console.print(f"MLflow UI:   {link}", soft_wrap=True)
     if result.tracking_uri.startswith("sqlite:///"):
-        console.print("Open it:     make ui   (or: mlflow ui --backend-store-uri "
-                      f"{result.tracking_uri}), then http://127.0.0.1:5000 and chart test_accuracy", soft_wrap=True)
+        console.print(f"             (start it first: make ui, or mlflow ui --backend-store-uri {result.tracking_uri})",
+                      soft_wrap=True)

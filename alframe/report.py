@@ -3,7 +3,8 @@
 Reads every run of an MLflow experiment (optionally one sweep, or runs with given tags), takes
 the metric history of ``test_accuracy`` (``step`` = number of labels, as the loop logs it),
 groups runs by strategy (one run per seed) and writes, to a folder and as artifacts of a
-summary run in the same experiment:
+summary run in its own MLflow experiment ``<experiment>-reports`` (so report runs never appear
+among the budget curves of the experiment's chart view):
 
 - ``budget_curves.png``: mean test accuracy against labels per strategy, band of +-1 standard
   deviation across seeds;
@@ -39,6 +40,8 @@ from alframe.tracking import default_tracking_uri, sqlite_path
 
 #: tag marking the summary runs written by this module (never read back as data)
 REPORT_TAG = "alframe.report"
+#: suffix of the MLflow experiment that holds the report runs of an experiment
+REPORT_EXPERIMENT_SUFFIX = "-reports"
 DEFAULT_TARGETS = (0.90, 0.95)
 
 
@@ -221,6 +224,26 @@ def quantile_inf(values: Sequence[float], q: float) -> float:
     return float(v[lo] + (v[hi] - v[lo]) * frac)
 
 
+def quantile_observed(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile as one of the observed values (nearest rank, ties to the even index).
+
+    Used for quartiles of label counts: a budget is a number of labels that was evaluated, and an
+    interpolated one (``62.5`` between runs that reached a target at 60 and 70 labels) never was.
+    ``inf`` ("not reached") values are ordinary values here.
+
+    Args:
+        values: ``[S]`` numbers (``inf`` allowed).
+        q: quantile in [0, 1].
+
+    Returns:
+        An element of ``values`` (NaN when empty).
+    """
+    v = np.sort(np.asarray(values, dtype=float))
+    if len(v) == 0:
+        return float("nan")
+    return float(v[int(np.rint(q * (len(v) - 1)))])
+
+
 def mean_curves(runs: Sequence[RunCurve]) -> pd.DataFrame:
     """Mean and standard deviation of the budget curves per group at each label count.
 
@@ -254,7 +277,8 @@ def summarise(runs: Sequence[RunCurve], curves: pd.DataFrame, targets: Sequence[
     Columns: ``group, n_seeds, labels_min, labels_max, final_acc_mean, final_acc_std,
     aubc_mean, aubc_std`` and for each target ``t`` (key ``k`` = :func:`target_key`):
     ``reached_k`` (runs that reached it), ``labels_k_mean`` (NaN unless every run reached it),
-    ``labels_k_q25 / _median / _q75`` (``inf`` = not reached), ``labels_k_meancurve`` (first
+    ``labels_k_median`` (interpolated) and the quartiles ``labels_k_q25 / _q75`` (observed label
+    counts, :func:`quantile_observed`; ``inf`` = not reached), ``labels_k_meancurve`` (first
     label count at which the mean curve reaches ``t``; NaN if never), ``savings_k`` (baseline's
     mean-curve labels minus this group's; NaN when either did not reach ``t`` or there is no
     baseline), ``savings_k_pct`` (the same relative to the baseline's labels, in percent) and
@@ -280,9 +304,9 @@ def summarise(runs: Sequence[RunCurve], curves: pd.DataFrame, targets: Sequence[
             reached = np.isfinite(per_seed)
             row[f"reached_{k}"] = int(reached.sum())
             row[f"labels_{k}_mean"] = float(per_seed.mean()) if reached.all() else float("nan")
-            row[f"labels_{k}_q25"] = quantile_inf(per_seed, 0.25)
+            row[f"labels_{k}_q25"] = quantile_observed(per_seed, 0.25)
             row[f"labels_{k}_median"] = quantile_inf(per_seed, 0.5)
-            row[f"labels_{k}_q75"] = quantile_inf(per_seed, 0.75)
+            row[f"labels_{k}_q75"] = quantile_observed(per_seed, 0.75)
             row[f"labels_{k}_meancurve"] = labels_to_target(mean_hist, t, "acc")
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -425,7 +449,10 @@ def _target_cells(r: pd.Series, k: str, baseline: str) -> tuple[str, str, str]:
     elif not np.isnan(s):
         savings = f"{s:+g} ({p:+.0f}%)"
     elif not np.isnan(r[f"savings_{k}_min"]):
-        savings = f"> {r[f'savings_{k}_min']:+g} ({baseline} not reached)"
+        # the baseline needs more than its largest budget: savings exceed (that budget - ours)
+        bound = float(r[f"savings_{k}_min"])
+        until = f"{baseline} not reached by {bound + mc:g} labels"
+        savings = f"> {bound:g} ({until})" if bound > 0 else f"unknown ({until})"
     else:
         savings = "-"
     return per_seed, mean_curve, savings
@@ -475,7 +502,8 @@ def write_report(report: Report, out: Path, title: str, baseline: str = "random"
                    "sweep_id": r.tags.get("sweep_id", "")} for r in report.runs]).to_csv(out / "runs.csv", index=False)
     files.append(out / "runs.csv")
     md = [f"# {title}", "", f"{len(report.runs)} runs. AUBC: area under the budget curve normalised to [0, 1] "
-          "(Zhan et al. 2021). Labels to target per seed: median [25%, 75% quantiles]; mean curve: first "
+          "(Zhan et al. 2021). Labels to target per seed: median [25%, 75% quartiles, as observed label counts]; "
+          "mean curve: first "
           f"budget at which the mean curve reaches the target; savings: labels saved relative to `{baseline}` "
           "on the mean curves.", "", _markdown(display_table(report, baseline)), ""]
     if report.pairwise is not None:
@@ -493,17 +521,23 @@ def write_report(report: Report, out: Path, title: str, baseline: str = "random"
 
 
 def log_report(tracking_uri: str, experiment: str, files: Sequence[Path], report: Report,
-               sweep_id: str | None, tags: Mapping[str, str] | None) -> str:
-    """Log ``files`` as artifacts (and per-strategy summary metrics) of a new summary run.
+               sweep_id: str | None, tags: Mapping[str, str] | None) -> tuple[str, str]:
+    """Log ``files`` as artifacts (and per-strategy summary metrics) of a new summary run in the
+    experiment ``<experiment>-reports``.
 
-    The run is tagged ``alframe.report=true`` (reports skip such runs) and, as
-    ``report_sweep_id`` / ``report_filter``, with what it summarises. Returns its run id.
+    The run is tagged ``alframe.report=true`` and, as ``report_experiment`` /
+    ``report_sweep_id`` / ``report_filter``, with what it summarises.
+
+    Returns:
+        ``(run id, link to the run's artifacts in the MLflow UI)``.
     """
+    from alframe.mlflow_ui import run_url, ui_base_url
     from alframe.tracking import Tracker
 
-    run_tags = {REPORT_TAG: "true", "report_sweep_id": sweep_id or "", "report_filter":
-                ",".join(f"{k}={v}" for k, v in (tags or {}).items())}
-    tracker = Tracker(tracking_uri, experiment, run_name=f"report-{sweep_id or 'all'}", tags=run_tags)
+    run_tags = {REPORT_TAG: "true", "report_experiment": experiment, "report_sweep_id": sweep_id or "",
+                "report_filter": ",".join(f"{k}={v}" for k, v in (tags or {}).items())}
+    tracker = Tracker(tracking_uri, experiment + REPORT_EXPERIMENT_SUFFIX, run_name=f"report-{sweep_id or 'all'}",
+                      tags=run_tags)
     metrics = {}
     for _, r in report.summary.iterrows():
         metrics[f"report/{r.group}/aubc_mean"] = r.aubc_mean
@@ -512,7 +546,18 @@ def log_report(tracking_uri: str, experiment: str, files: Sequence[Path], report
     for f in files:
         tracker.log_artifact(f, "report")
     tracker.finish("FINISHED")
-    return tracker.run_id
+    return tracker.run_id, run_url(ui_base_url(tracking_uri), tracker.experiment_id, tracker.run_id, "artifacts")
+
+
+def curves_links(tracking_uri: str, experiment: str, sweep_id: str | None) -> tuple[str, str]:
+    """MLflow UI links to the budget curves of ``experiment`` (or one sweep): one line per run,
+    and grouped by strategy (see :mod:`alframe.mlflow_ui`)."""
+    from alframe.mlflow_ui import budget_curves_link
+
+    client = _client(tracking_uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    return (budget_curves_link(client, tracking_uri, exp_id, sweep_id),
+            budget_curves_link(client, tracking_uri, exp_id, sweep_id, group_by="strategy"))
 
 
 def print_report(report: Report, title: str, baseline: str = "random") -> None:
@@ -527,7 +572,7 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
     disp = display_table(report, baseline)
     for _, row in disp.iterrows():
         table.add_row(row["strategy"], row["seeds"], row["labels"], row["final acc"], row["AUBC"])
-    console.print(table)
+    console.print(table, soft_wrap=False)  # tables lay out to the terminal width
     targets = Table(title=f"labels to reach a test accuracy (savings vs {baseline}, on the mean curves)")
     for c in ("strategy", "target", "per seed: median [q25, q75]", "mean curve", "savings"):
         targets.add_column(c, justify="left" if c == "strategy" else "right")
@@ -535,7 +580,7 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
         for t in report.targets:
             k = target_key(t)
             targets.add_row(r.group, f"{k}%", *_target_cells(r, k, baseline))
-    console.print(targets)
+    console.print(targets, soft_wrap=False)
     if report.pairwise is not None:
         pw = Table(title="pairwise: share of (seed, budget) pairs where row beats column")
         pw.add_column("")
@@ -543,7 +588,7 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
             pw.add_column(c, justify="right")
         for name, row in report.pairwise.iterrows():
             pw.add_row(name, *["-" if np.isnan(v) else f"{v:.2f}" for v in row.tolist()])
-        console.print(pw)
+        console.print(pw, soft_wrap=False)
     for n in report.notes:
         console.print(f"[yellow]note:[/yellow] {n}")
 
@@ -577,14 +622,20 @@ def make_report(tracking_uri: str, experiment: str, sweep_id: str | None = None,
         out = Path("outputs") / "reports" / (f"{experiment}-{sweep_id}-{stamp}" if sweep_id else f"{experiment}-{stamp}")
     out = Path(out)
     files = write_report(report, out, title, baseline)
+    links: list[tuple[str, str]] = []
     if log_to_mlflow:
-        run_id = log_report(tracking_uri, experiment, files, report, sweep_id, tags)
-        report.notes.append(f"logged as MLflow run {run_id} (artifacts under report/)")
+        run_id, run_link = log_report(tracking_uri, experiment, files, report, sweep_id, tags)
+        per_run, grouped = curves_links(tracking_uri, experiment, sweep_id)
+        links = [("Budget curves, one line per run:", per_run),
+                 ("Grouped by strategy (mean, min-max band):", grouped),
+                 (f"Report run {run_id} (experiment '{experiment}{REPORT_EXPERIMENT_SUFFIX}'):", run_link)]
     if show:
         print_report(report, title, baseline)
         from alframe.progress import console
 
-        console.print(f"Report written to {out}")
+        console.print(f"Report written to {out}", soft_wrap=True)
+        for what, url in links:
+            console.print(f"{what} {url}", soft_wrap=True)
     return report, out
 
 

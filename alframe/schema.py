@@ -93,12 +93,15 @@ class MlflowConfig:
         tracking_uri: null = ``sqlite:///<paths.output_root>/mlflow.db`` (no server needed), or
             any MLflow tracking URI (``http://host:5000``, ``sqlite:///...``).
         experiment_name: MLflow experiment of the run.
-        run_name: display name of the run.
+        run_name: display name of the run (a random suffix keeps names unique).
+        ui_url: address of the MLflow UI in the printed links; null: the tracking server itself
+            for http(s) tracking URIs, else http://127.0.0.1:5000 (what ``make ui`` serves).
     """
 
     tracking_uri: Optional[str] = None
     experiment_name: str = "alframe"
     run_name: Optional[str] = "${strategy.name}-${model.name}-${dataset.name}-seed${seed}"
+    ui_url: Optional[str] = None
 
 
 @dataclass

@@ -4,8 +4,9 @@
 strategy, oracle and tracking, and changes only sizes: one query round, one epoch, at most 20
 initial labels and 10 per round, at most 64 scored pool samples, a subset of the data
 (torchvision datasets: 300 training / 100 test samples, validation at most 20) and at most 4 MC
-samples. The result is a real run (logged to MLflow with ``smoke=True`` among its params), not a
-measurement.
+samples. The result is a real run, not a measurement: it is logged to its own MLflow experiment
+``<mlflow.experiment_name>-smoke`` (tag ``alframe.smoke=true``), so smoke runs never mix with the
+budget curves of the real experiment.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ SMOKE_LIMITS = {
     "dataset.val_size": 20,
     "strategy.mc_samples": 4,
 }
+#: suffix of the MLflow experiment smoke runs are logged to
+SMOKE_EXPERIMENT_SUFFIX = "-smoke"
 #: values a smoke run sets outright
 SMOKE_SET = {"loop.rounds": 1, "loop.budget": None, "loop.target_accuracy": None,
              "trainer.early_stopping_patience": None}
@@ -36,7 +39,8 @@ def apply_smoke(cfg: DictConfig) -> DictConfig:
 
     Keys in :data:`SMOKE_LIMITS` are lowered to the limit (a null ``loop.pool_subset`` or
     ``dataset.train_size`` becomes the limit); keys the config does not have are left out, so
-    datasets without ``train_size`` (e.g. ``digits``) keep their size.
+    datasets without ``train_size`` (e.g. ``digits``) keep their size. ``mlflow.experiment_name``
+    gets the suffix ``-smoke``.
     """
     out = copy.deepcopy(cfg)
     with open_dict(out):
@@ -48,4 +52,7 @@ def apply_smoke(cfg: DictConfig) -> DictConfig:
         for key, value in SMOKE_SET.items():
             if OmegaConf.select(out, key, default="__missing__") != "__missing__":
                 OmegaConf.update(out, key, value, merge=False)
+        name = str(out.mlflow.experiment_name)
+        if not name.endswith(SMOKE_EXPERIMENT_SUFFIX):
+            out.mlflow.experiment_name = name + SMOKE_EXPERIMENT_SUFFIX
     return out

@@ -4,7 +4,8 @@
 ``alframe -m ...`` creates the tracking database, runs MLflow's schema migrations and creates
 the experiment in the launching process, before a launcher (sequential, joblib, Slurm) starts
 the jobs. Each job still goes through :func:`alframe.tracking.prepare_store` (a file lock plus
-retries), so jobs started outside Hydra's parent process are safe as well.
+retries), so jobs started outside Hydra's parent process are safe as well. When all jobs are
+done it prints the link to the sweep's budget curves in the MLflow UI.
 """
 
 from __future__ import annotations
@@ -45,3 +46,24 @@ class PrepareMlflowStore(Callback):
                         "each job will prepare it", e)
             return
         log.info("alframe: MLflow experiment %r (id %s) ready in %s", config.mlflow.experiment_name, exp_id, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Print the links to this sweep's budget curves (one line per run, and grouped by strategy)."""
+        from pathlib import Path
+
+        from alframe.mlflow_ui import budget_curves_link
+        from alframe.progress import console, set_job_prefix
+
+        set_job_prefix("")  # sequential launchers ran the jobs in this process
+        sweep_id = Path(str(config.hydra.sweep.dir)).name
+        try:
+            uri = tracking_uri_of(config)
+            client, exp_id = prepare_store(uri, config.mlflow.experiment_name)
+            ui_url = config.mlflow.get("ui_url")
+            link = budget_curves_link(client, uri, exp_id, sweep_id, ui_url=ui_url)
+            grouped = budget_curves_link(client, uri, exp_id, sweep_id, group_by="strategy", ui_url=ui_url)
+        except Exception as e:  # noqa: BLE001 - the jobs' results are stored; only the link is missing
+            log.warning("alframe: could not store the MLflow chart view of sweep %s (%s)", sweep_id, e)
+            return
+        console.print(f"Sweep {sweep_id}: budget curves in the MLflow UI: {link}", soft_wrap=True)
+        console.print(f"Grouped by strategy (mean, min-max band over seeds): {grouped}", soft_wrap=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from mlflow.exceptions import MlflowException
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_PARAM_LEN = 6000
+#: run tag saying where an alframe run stands: running, waiting_for_labels, finished, failed, killed
+STATUS_TAG = "alframe.status"
 
 
 def default_tracking_uri(output_root: str | Path) -> str:
@@ -115,17 +118,26 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """One MLflow run of an experiment job.
 
+    A new run's name gets a short random suffix (``entropy-small_cnn-digits-seed0-3f9a1c``) so
+    that runs of the same config stay apart in the UI's legend and table; the tag
+    :data:`STATUS_TAG` follows the run (``running`` -> ``waiting_for_labels`` / ``finished`` /
+    ``failed`` / ``killed``) next to MLflow's own status.
+
     Args:
         tracking_uri: MLflow tracking URI (``sqlite:///...``, ``file:...`` or a server URL).
         experiment_name: MLflow experiment; created when missing.
         run_id: an existing run to continue (resume), or None to create a new one.
-        run_name: display name of a new run.
+        run_name: display name of a new run (made unique with a suffix).
         tags: tags of a new run (strategy, dataset, model, seed, sweep_id, ...).
+
+    Raises:
+        ValueError: ``run_id`` belongs to another experiment, or the experiment is deleted.
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None,
                  run_name: str | None = None, tags: Mapping[str, str] | None = None):
         self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
         self._deferred: list[Metric] = []
         self.client, self.experiment_id = prepare_store(tracking_uri, experiment_name)
         if run_id is not None:
@@ -135,9 +147,12 @@ class Tracker:
                                  f"not to {experiment_name!r}")
             _retry(lambda: self.client.update_run(run_id, status="RUNNING"), "update_run")
             self.run_id = run_id
+            self.set_tags({STATUS_TAG: "running"})
         else:
             tag_list = {k: str(v) for k, v in (tags or {}).items()}
-            run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tag_list),
+            tag_list.setdefault(STATUS_TAG, "running")
+            name = unique_run_name(run_name) if run_name else None
+            run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tag_list),
                          "create_run")
             self.run_id = run.info.run_id
 
@@ -170,14 +185,36 @@ class Tracker:
         """Upload a local file as a run artifact."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def metric_history(self, key: str) -> list[Metric]:
-        """All values logged for ``key``, ordered by step."""
-        return sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
-
     def finish(self, status: str = "FINISHED") -> None:
-        """Send deferred metrics and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        """Send deferred metrics and mark the run ``FINISHED``, ``FAILED`` or ``KILLED`` (MLflow
+        status and the :data:`STATUS_TAG` tag)."""
         self.log_metrics({})
+        self.set_tags({STATUS_TAG: status.lower()})
         _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
+
+
+    def wait_for_labels(self) -> None:
+        """Mark the run as waiting for labels: it stays ``RUNNING`` in MLflow until resumed."""
+        self.log_metrics({})
+        self.set_tags({STATUS_TAG: "waiting_for_labels"})
+
+    def budget_curves_url(self, sweep_id: str | None = None, group_by: str | None = None,
+                          ui_url: str | None = None) -> str | None:
+        """Link that opens this experiment's (or sweep's) budget curves in the MLflow UI's chart
+        view (see :mod:`alframe.mlflow_ui`; stores the view as an experiment tag).
+
+        Returns:
+            The URL, or None when the view could not be stored (logged as a warning: a missing
+            link never fails a finished run).
+        """
+        from alframe.mlflow_ui import budget_curves_link
+
+        try:
+            return _retry(lambda: budget_curves_link(self.client, self.tracking_uri, self.experiment_id, sweep_id,
+                                                     group_by=group_by, ui_url=ui_url), "set_experiment_tag")
+        except Exception as e:  # noqa: BLE001 - the run's results are already stored
+            log.warning("alframe: could not store the MLflow chart view (%s)", e)
+            return None
 
 
 # --------------------------------------------------------------------------- run artifacts
@@ -236,7 +273,7 @@ def close_run(tracker: Tracker, run_dir: Path, experiment_name: str, history: li
         tracker.log_artifact(run_dir / "budget_curve.png")
     tracker.log_artifact(run_dir / "queries.csv")
     if status != "finished":
-        tracker.set_tags({"alframe.status": "waiting_for_labels"})
+        tracker.wait_for_labels()
         return result
     summary = {"final_accuracy": result.final_accuracy, "aubc": result.aubc, "final_n_labelled": float(state.n_labelled)}
     if target[0] is not None:
@@ -316,3 +353,8 @@ def plot_budget_curve(history: list[dict], path: Path, title: str, label: str) -
     fig = plot_budget_curves(curves, title=title)
     fig.savefig(path)
     plt.close(fig)
+
+
+def unique_run_name(base: str) -> str:
+    """``base`` plus a 6-hex-digit random suffix, e.g. ``entropy-small_cnn-digits-seed0-3f9a1c``."""
+    return f"{base}-{secrets.token_hex(3)}"

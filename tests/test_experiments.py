@@ -79,7 +79,9 @@ def test_smoke_shrinks_sizes_only(tmp_path):
     assert (small.dataset.train_size, small.dataset.test_size, small.dataset.val_size) == (300, 100, 20)
     assert small.strategy.mc_samples == 4 and small.strategy.name == "batchbald"
     assert small.model == cfg.model and small.loop.initial_balanced is True
-    assert cfg.loop.rounds == 30  # the original is untouched
+    assert small.mlflow.experiment_name == "batchbald2019_mnist-smoke"  # never mixed with real runs
+    assert apply_smoke(small).mlflow.experiment_name == "batchbald2019_mnist-smoke"
+    assert cfg.loop.rounds == 30 and cfg.mlflow.experiment_name == "batchbald2019_mnist"  # the original is untouched
     digits = apply_smoke(_compose([], tmp_path, tmp_path / "m.db"))
     assert "train_size" not in digits.dataset and digits.loop.pool_subset == 64
 
@@ -95,8 +97,9 @@ def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # n
     assert [h["n_labelled"] for h in result.history] == [20, 30]
     client = MlflowClient(f"sqlite:///{store}")
     run = client.get_run(result.run_id)
-    assert client.get_experiment(run.info.experiment_id).name == name
-    assert run.data.params["smoke"] == "True"
+    assert client.get_experiment(run.info.experiment_id).name == f"{name}-smoke"
+    assert client.get_experiment_by_name(name) is None  # the real experiment gets no smoke run
+    assert run.data.params["smoke"] == "True" and run.data.tags["alframe.smoke"] == "true"
     assert run.data.tags["strategy"] == cfg.strategy.name
     steps = [m.step for m in client.get_metric_history(result.run_id, "test_accuracy")]
     assert sorted(steps) == [20, 30]

@@ -215,6 +215,13 @@ def test_files_oracle_through_the_loop(tmp_path):
     over = ["oracle=files", "trainer.max_epochs=2", "loop.initial_size=6", "loop.query_size=4", "loop.rounds=1"]
     res = Experiment(compose(over, tmp_path), tmp_path / "job").run()
     assert res.status == "pending"
+    client = MlflowClient(res.tracking_uri)
+
+    def where() -> tuple[str, str]:  # MLflow status and alframe.status tag, told apart at a glance
+        run = client.get_run(res.run_id)
+        return run.info.status, run.data.tags["alframe.status"]
+
+    assert where() == ("RUNNING", "waiting_for_labels")
     d0 = res.run_dir / "queries" / "round_0"
     rows = read_csv(d0 / "labels.csv")
     assert len(rows) == 6 and all(r["suggested_label"] == "" for r in rows)
@@ -227,11 +234,13 @@ def test_files_oracle_through_the_loop(tmp_path):
     with pytest.raises(LabelImportError, match="line 2 .*unknown class 'ten'"):
         Experiment(compose(resume, tmp_path), tmp_path / "job2").run()
     assert PoolState.load(res.run_dir).n_labelled == 0  # nothing half-imported
+    assert where() == ("FAILED", "failed")
 
     rows[0]["label"] = str(y[int(rows[0]["index"])])
     write_csv(d0 / "labels.csv", rows)
     res2 = Experiment(compose(resume, tmp_path), tmp_path / "job3").run()
     assert res2.status == "pending" and res2.run_id == res.run_id
+    assert where() == ("RUNNING", "waiting_for_labels")
     d1 = res.run_dir / "queries" / "round_1"
     tasks = json.loads((d1 / "label_studio_tasks.json").read_text())
     assert len(tasks) == 4 and all(t["data"]["suggested_label"] is not None for t in tasks)
@@ -244,10 +253,9 @@ def test_files_oracle_through_the_loop(tmp_path):
     state = PoolState.load(res.run_dir)
     assert state.n_labelled == 10
     np.testing.assert_array_equal(state.labels[state.labelled_idx], y[state.labelled_idx])
-    client = MlflowClient(res.tracking_uri)
     received = sorted((m.step, m.value) for m in client.get_metric_history(res.run_id, "labels_received"))
     assert received == [(6, 6.0), (10, 4.0)]
-    assert client.get_run(res.run_id).info.status == "FINISHED"
+    assert where() == ("FINISHED", "finished")
 
 
 # --------------------------------------------------------------------------- real Label Studio exports
@@ -434,3 +442,4 @@ def test_real_exports_through_the_loop(tmp_path):
     assert received == [(9, 9.0), (14, 5.0)]
     skipped = sorted((m.step, m.value) for m in client.get_metric_history(res.run_id, "skipped"))
     assert skipped == [(9, 1.0), (14, 0.0)]
+    assert client.get_run(res.run_id).info.status == "FINISHED"

@@ -103,7 +103,7 @@ def test_curves_summary_and_savings_by_hand(store):
     assert t.loc["random", "reached_90"] == 2
     assert t.loc["random", "labels_90_mean"] == 45
     assert (t.loc["random", "labels_90_q25"], t.loc["random", "labels_90_median"],
-            t.loc["random", "labels_90_q75"]) == (42.5, 45, 47.5)
+            t.loc["random", "labels_90_q75"]) == (40, 45, 50)  # quartiles: observed budgets
     assert t.loc["entropy", "labels_90_mean"] == 35
     # mean curves: random 0.5, .65, .85, .925 -> 50; entropy .5, .85, .91 -> 40; bald -> 30
     assert t.loc["random", "labels_90_meancurve"] == 50
@@ -126,8 +126,10 @@ def test_curves_summary_and_savings_by_hand(store):
     assert disp.loc["random", "labels to 95% (seeds)"] == "not reached (1/2 reached)"
     assert disp.loc["random", "labels to 95% (mean curve)"] == "not reached"
     assert disp.loc["entropy", "savings at 90%"] == "+10 (+20%)"
-    assert disp.loc["bald", "savings at 95%"] == "> +20 (random not reached)"
-    assert disp.loc["random", "labels to 90% (seeds)"] == "mean 45, median 45 [42.5, 47.5]"
+    assert disp.loc["bald", "savings at 95%"] == "> 20 (random not reached by 50 labels)"
+    # entropy reaches 95% at 50 labels, random's largest budget: the savings are unknown, not "> +0"
+    assert disp.loc["entropy", "savings at 95%"] == "unknown (random not reached by 50 labels)"
+    assert disp.loc["random", "labels to 90% (seeds)"] == "mean 45, median 45 [40, 50]"
     assert disp.loc["bald", "final acc"] == "0.9500"
     assert any("bald 30)" in n and "different numbers of labels" in n for n in rep.notes)
 
@@ -182,14 +184,33 @@ def test_cli_writes_files_and_logs_summary_run(store, tmp_path, capsys):
     assert "entropy" in printed and "AUBC" in printed
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("exp")
-    reports = client.search_runs([exp.experiment_id], filter_string=f"tags.`{rp.REPORT_TAG}` = 'true'")
+    # the summary run lives in its own experiment: the experiment's chart view shows only curves
+    assert not client.search_runs([exp.experiment_id], filter_string="tags.report_sweep_id = 's1'")
+    rexp = client.get_experiment_by_name("exp-reports")
+    reports = client.search_runs([rexp.experiment_id], filter_string=f"tags.`{rp.REPORT_TAG}` = 'true'")
     new = [r for r in reports if r.data.tags.get("report_sweep_id") == "s1"]
-    assert len(new) == 1
+    assert len(new) == 1 and new[0].data.tags["report_experiment"] == "exp"
+    # the output links the report run and the sweep's budget curves (a stored view of the experiment)
+    assert f"#/experiments/{rexp.experiment_id}/runs/{new[0].info.run_id}/artifacts" in printed
+    assert (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART"
+            "&viewStateShareKey=alframe-curves-sweep-s1") in printed
+    assert "viewStateShareKey=alframe-curves-sweep-s1-by-strategy" in printed
+    tags = client.get_experiment(exp.experiment_id).tags
+    assert "tags.sweep_id = 's1'" in tags["mlflow.sharedViewState.alframe-curves-sweep-s1"]
     names = {a.path for a in client.list_artifacts(new[0].info.run_id, "report")}
     assert "report/budget_curves.png" in names and "report/summary.md" in names
     assert new[0].data.metrics["report/entropy/aubc_mean"] == pytest.approx((24.5 / 30 + 25.35 / 30) / 2)
     # the summary run is not read back as data by the next report
     assert len(rp.load_runs(store, "exp", sweep_id="s1")) == 5
+
+
+def test_quartiles_are_observed_label_counts():
+    assert (rp.quantile_observed([70, 60], 0.25), rp.quantile_observed([70, 60], 0.75)) == (60, 70)
+    assert (rp.quantile_observed([30, 10, 20], 0.25), rp.quantile_observed([30, 10, 20], 0.75)) == (10, 30)
+    five = [50, 10, 40, 20, 30]
+    assert [rp.quantile_observed(five, q) for q in (0, 0.25, 0.5, 0.75, 1)] == [10, 20, 30, 40, 50]
+    assert rp.quantile_observed([40, float("inf")], 0.75) == float("inf")
+    assert np.isnan(rp.quantile_observed([], 0.5))
 
 
 def test_single_seed_and_missing_baseline(store):

@@ -44,7 +44,22 @@ def test_joblib_sweep_two_strategies_two_seeds_then_report(tmp_path):
     assert sorted((r.data.tags["strategy"], r.data.tags["seed"]) for r in runs) == \
         [("entropy", "0"), ("entropy", "1"), ("random", "0"), ("random", "1")]
     assert {r.data.tags["run_dir"] for r in runs} == {str(p) for p in job_dirs}
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" and r.data.tags["alframe.status"] == "finished" for r in runs)
+    names = [r.info.run_name for r in runs]
+    assert len(set(names)) == 4
+    for r in runs:  # unique names that still say strategy, model, dataset and seed
+        t = r.data.tags
+        assert r.info.run_name.startswith(f"{t['strategy']}-small_cnn-digits-seed{t['seed']}-")
+    # parallel jobs share one terminal: every round row says which job it belongs to
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("[job ")]
+    for num, (strategy, seed) in enumerate([("random", 0), ("random", 1), ("entropy", 0), ("entropy", 1)]):
+        mine = [line for line in rows if line.startswith(f"[job {num} {strategy} seed{seed}] ")]
+        assert any(line.split("] ", 1)[1].split()[:2] == ["0", "20"] for line in mine), (num, proc.stdout[-3000:])
+        assert any(line.split("] ", 1)[1].startswith("Done.") for line in mine)
+    # the sweep ends with the link to its budget curves, stored as a view of the experiment
+    key = f"alframe-curves-sweep-{sweeps[0].name}"
+    assert f"/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART&viewStateShareKey={key}" in proc.stdout
+    assert f"mlflow.sharedViewState.{key}" in client.get_experiment(exp.experiment_id).tags
     for r in runs:
         assert r.data.tags["dataset"] == "digits" and r.data.tags["model"] == "small_cnn"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "test_accuracy")]
