@@ -162,16 +162,8 @@ class FilesOracle(Oracle):
                 rows = [(reader.line_num, row) for row in reader]
         except UnicodeDecodeError as e:
             raise LabelImportError(f"{path}: not a UTF-8 text CSV file ({e})") from None
-        # The file column names the image written for that index (images/<index>.png): a row
-        # whose file and index disagree was shuffled (e.g. one column sorted on its own).
-        shuffled = [f"line {n}: file {row['file']!r} is not the image of index {row.get('index')!r} "
-                    f"(expected images/{str(row.get('index')).strip()}.png)"
-                    for n, row in rows if (row.get("file") or "").strip()
-                    and Path(row["file"].strip()).stem != str(row.get("index")).strip()]
-        if shuffled:
-            raise LabelImportError(f"{path}: rows whose file and index disagree, so a label may sit on the wrong "
-                                   "image; nothing was imported:\n  " + "\n  ".join(shuffled))
-        entries = [_Row(f"line {n}", row.get("index"), row.get("label"), None) for n, row in rows]
+        entries = [_Row(f"line {n}", row.get("index"), row.get("label"), None, (row.get("file") or "").strip())
+                   for n, row in rows]
         result, notes = self._validate(path, entries, request)
         return (result, notes) if with_notes else result
 
@@ -262,6 +254,11 @@ class FilesOracle(Oracle):
         same = kept = skipped_before = 0
         for i, rows in by_index.items():
             if i in wanted_set:
+                # a row whose image is not its index's was shuffled (e.g. one column sorted alone)
+                for row, _ in rows:
+                    if row.file and Path(row.file).stem != str(i):
+                        errors.append(f"{row.where} (index {i}): file {row.file!r} is not the image of this index "
+                                      f"(images/{i}.png): the label would sit on another image")
                 if len(rows) > 1:  # a reused project may hold an older task of a re-queried sample
                     this_round = [(r, a) for r, a in rows if r.round == request.round]
                     if len(this_round) == 1:
@@ -341,6 +338,7 @@ class _Row:
     index: object
     label: object
     round: int | None
+    file: str = ""  # labels.csv: the image written for the index (images/<index>.png)
 
 
 def round_readme(d: Path, round: int, n: int, class_names: list[str]) -> str:
