@@ -41,6 +41,7 @@ from alframe.config import (
 )
 from alframe.data.base import ALData, LabelledView, load_data, make_loader
 from alframe.inference import compute_outputs, evaluate
+from alframe.labelling import LabellingJob
 from alframe.models.base import ALNet
 from alframe.models.lightning import ALClassifier
 from alframe.oracles.base import LabelRequest, LabelResult, Oracle
@@ -279,17 +280,17 @@ def initial_indices(cfg: DictConfig, data: ALData, state: PoolState, k: int | No
     return np.sort(np.concatenate([chosen, extra]).astype(np.int64))
 
 
-def write_queries_csv(path: Path, state: PoolState, class_names: list[str]) -> None:
-    """``queries.csv``: one row per label received (round, index, label, class_name); round 0
-    is the initial labelled set."""
+def write_queries_csv(path: Path, state: PoolState, class_names: list[str], files: list[str] | None = None) -> None:
+    """``queries.csv``: one row per label received (round, index, label, class_name and, for
+    folder datasets, ``file`` relative to the dataset root); round 0 is the initial labelled set."""
     idx = state.labelled_idx
     order = np.lexsort((idx, state.labelled_round[idx]))
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
-    w.writerow(["round", "index", "label", "class_name"])
+    w.writerow(["round", "index", "label", "class_name"] + (["file"] if files is not None else []))
     for i in idx[order]:
         y = int(state.labels[i])
-        w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]])
+        w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]] + ([files[i]] if files is not None else []))
     atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
@@ -356,6 +357,7 @@ class Experiment:
             raise ConfigError(f"loop.pseudo_label_threshold={threshold!r} is invalid: must be a confidence "
                               "in (0, 1] (e.g. 0.99) or null to turn pseudo-labelling off")
         self.resuming = resuming
+        self.job = LabellingJob(cfg, self.data, self.state, self.run_dir, self.device)  # stop set, model export
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -397,7 +399,8 @@ class Experiment:
 
     def _save(self) -> None:
         self.state.save(self.run_dir)
-        write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names)
+        write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names,
+                          self.data.extras.get("files"))
 
     def _start_tracking(self) -> Tracker:
         cfg = self.cfg
@@ -474,7 +477,7 @@ class Experiment:
         reached = labels_to_target(self.meta["history"], target, metric)
         if not np.isnan(reached):
             return f"{metric} reached loop.target_accuracy={target} at {int(reached)} labels"
-        return None
+        return self.job.stop_reason()
 
     def _load_net(self) -> ALNet | None:
         path = self.run_dir / MODEL_FILE
@@ -556,6 +559,7 @@ class Experiment:
             row["val_accuracy"] = val["accuracy"]
         row.update(pseudo_info)
         tracker.log_metrics(row, step=state.n_labelled)
+        self.job.after_round(r, net, tracker)  # stop_kappa, machine-label evidence
         self.meta["history"].append(row)
         self.meta["evaluated_round"] = r
         self._save()
@@ -646,6 +650,7 @@ class Experiment:
             np.savez(labelled, idx=self.state.labelled_idx, labels=self.state.labels[self.state.labelled_idx],
                      round=self.state.labelled_round[self.state.labelled_idx])
             tracker.log_artifact(labelled)
+            self.job.finish(tracker, self._load_net())  # the final model as an MLflow model
             tracker.finish("FINISHED")
         else:  # waiting for labels: the run stays RUNNING until it is resumed
             tracker.set_tags({"alframe.status": "waiting_for_labels"})
