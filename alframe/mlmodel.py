@@ -148,8 +148,6 @@ def write_preprocessing(run_dir: Path, cfg: DictConfig, data: ALData) -> Path:
     return Preprocessing.from_data(data, cfg.dataset).save(Path(run_dir) / PREPROCESSING_FILE)
 
 
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-
 try:  # MLflow is a dependency; the class is defined only with it importable
     import mlflow.pyfunc
 
@@ -159,6 +157,8 @@ try:  # MLflow is a dependency; the class is defined only with it importable
         Artifacts: ``weights`` (state dict), ``net_config`` (the run's ``model.net`` YAML),
         ``preprocessing`` (:class:`Preprocessing` JSON).
         """
+
+        _skip_type_hint_validation = True  # the signature is explicit; no type-hint validation (or advice)
 
         def load_context(self, context) -> None:
             """Rebuild the network from its config and weights."""
