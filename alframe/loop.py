@@ -521,6 +521,7 @@ class Experiment:
                 reason = self._stop_reason()
                 if reason is not None:
                     progress.console.print(f"Stopping: {reason}.", style="dim")
+                    tracker.set_tags({"stop_reason": reason})
                     break
                 if net is None:
                     net = self._load_net() or self._train_and_log(r, tracker, table, log_metrics=False)
