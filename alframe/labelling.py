@@ -2,9 +2,9 @@
 
 - the stopping criterion of stabilising predictions (:mod:`alframe.stopping`): ``stop_kappa``
   every round, and the stop decision;
-- machine-label evidence in simulations (:mod:`alframe.machine_labels`);
+- machine-label evidence in simulations (:mod:`alframe.machine_labels`; ``loop.machine_label_evidence``);
 - the trained model as an MLflow model (:mod:`alframe.mlmodel`): the final one when the run
-  finishes and, with ``mlflow.log_model_every_round=true``, every round's;
+  finishes (``mlflow.log_model``) and, with ``mlflow.log_model_every_round=true``, every round's;
 - ``preprocessing.json`` in the run folder (read by ``alframe-predict``).
 
 The loop calls :meth:`LabellingJob.after_round`, :meth:`LabellingJob.stop_reason` and
@@ -63,7 +63,7 @@ class LabellingJob:
         if self.stopper.enabled:
             metrics.update(self.stopper.update(round, self._probs(net, self.stopper.idx).argmax(dim=1).numpy()))
         pool = self.state.pool_idx
-        if self.data.targets is not None and len(pool):
+        if self.data.targets is not None and len(pool) and self.cfg.loop.get("machine_label_evidence", True):
             conf, pred = (t.numpy() for t in self._probs(net, pool).max(dim=1))
             correct = pred == np.asarray(self.data.targets)[pool]
             metrics.update(machine_labels.as_metrics(machine_labels.evidence(conf, correct)))
@@ -78,7 +78,8 @@ class LabellingJob:
         return self.stopper.reason()
 
     def finish(self, tracker, net: ALNet | None) -> str | None:
-        """Log the final model (when one was trained); returns its ``runs:/`` URI or None."""
-        if net is None:
+        """Log the final model (when one was trained and ``mlflow.log_model`` is on); returns its
+        ``runs:/`` URI or None."""
+        if net is None or not self.cfg.mlflow.get("log_model", True):
             return None
         return log_model(tracker, self.run_dir, self.cfg, self.data, net, MODEL_DIR)

@@ -101,3 +101,14 @@ def test_loop_logs_kappa_every_round_and_stops_when_stable(run):
         preds, idx = z["predictions"], z["idx"]
     assert preds.shape == (3, 200) and len(np.unique(idx)) == 200
     np.testing.assert_allclose([m.value for m in logged], [kappa(preds[0], preds[1]), kappa(preds[1], preds[2])])
+
+
+def test_extras_can_be_turned_off(run):
+    """No stop set, no machine-label evidence, no MLflow model: none of their metrics or files."""
+    res = run("loop.rounds=1", "trainer.max_epochs=1", "loop.stop_set_size=0", "loop.machine_label_evidence=false",
+              "mlflow.log_model=false")
+    client = MlflowClient(res.tracking_uri)
+    keys = set(client.get_run(res.run_id).data.metrics)
+    assert "test_accuracy" in keys and not {k for k in keys if k.startswith(("stop_kappa", "machine_labels"))}
+    assert "model" not in {a.path for a in client.list_artifacts(res.run_id)}
+    assert not (res.run_dir / "model").exists() and not (res.run_dir / STOP_FILE).exists()
