@@ -85,6 +85,11 @@ class StabilisingPredictions:
             samples with a generator seeded by ``seed`` alone, so it is the same after a resume.
         run_dir: where ``stop_set.npz`` is kept.
 
+    Attributes:
+        idx: ``[S] int64`` the stop set (absolute train-source indices, ascending).
+        rounds: rounds recorded so far; ``kappas``: their kappa against the previous round
+            (NaN for the first); ``predictions``: their ``[S]`` predicted classes.
+
     Raises:
         ConfigError: bad ``loop.stop_*`` values (:func:`validate`).
     """

@@ -208,3 +208,24 @@ def test_export_errors_are_one_line(tmp_path, capsys):
         export.main([str(tmp_path), "--format", "xml", "--out", str(tmp_path / "o")])
     with pytest.raises(export.ConfigError, match="accept-above 1.5"):
         export.export(tmp_path, "csv", tmp_path / "o", accept_above=1.5)
+
+
+def test_waiting_run_without_a_model_exports_its_pool_unlabelled(tmp_path, store, capsys):
+    """oracle=files stops at once for the initial batch: no label, no model yet; the export still
+    lists every image of the folder, by its path, unlabelled."""
+    b = load_digits()
+    photos = tmp_path / "photos"
+    (photos / "a").mkdir(parents=True)
+    names = [f"a/{k}.png" if k % 2 else f"{k}.png" for k in range(8)]
+    for k, name in enumerate(names):
+        Image.fromarray(np.round(b.images[k] / 16 * 255).astype(np.uint8)).save(photos / name)
+    cfg = compose(["dataset=unlabelled_folder", f"dataset.root={photos}", "dataset.classes=[a,b]",
+                   "dataset.image_size=8", "dataset.channels=1", "oracle=files", "loop.initial_size=4"], tmp_path)
+    res = run_experiment(cfg, tmp_path / "job")
+    assert res.status == "pending" and not (res.run_dir / "last_model.pt").exists()
+    assert export.main([str(res.run_dir), "--out", str(tmp_path / "out")]) == 0
+    assert "No model has been trained" in capsys.readouterr().out
+    rows = read_csv(tmp_path / "out" / "labels.csv")
+    assert [r["file"] for r in rows] == sorted(names)
+    assert all((r["label"], r["source"], r["confidence"]) == ("", "unlabelled", "") for r in rows)
+    assert predict.main([str(res.run_dir), str(photos)]) == 2  # nothing to predict with yet
