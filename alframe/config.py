@@ -90,7 +90,8 @@ def validate_with_data(cfg: DictConfig, n_pool: int, num_classes: int, has_targe
 
 #: keys added after alframe 0.1 with their defaults: dropped from the fingerprint of a
 #: run folder saved by 0.1 so that it still resumes (:func:`config_fingerprints`)
-ADDED_KEYS = {"trainer._target_": "pytorch_lightning.Trainer",
+ADDED_KEYS = {"trainer._target_": "pytorch_lightning.Trainer", "loop.stop_kappa": None, "loop.stop_window": 3,
+              "loop.stop_set_size": 1000, "loop.machine_label_evidence": True,
               "model.module": {"_target_": "alframe.models.lightning.ALClassifier", "_partial_": True}}
 
 

@@ -37,6 +37,7 @@ from alframe.config import (
 )
 from alframe.data.base import ALData, load_data
 from alframe.inference import compute_outputs, evaluate
+from alframe.labelling import LabellingJob
 from alframe.metrics import aubc, labels_to_target  # noqa: F401 (re-exported)
 from alframe.models.base import ALNet
 from alframe.oracle_session import OracleSession
@@ -135,6 +136,7 @@ class Experiment:
         self.pseudo = PseudoLabeller(threshold, self.eval_batch_size, self.device) if threshold is not None else None
         target = cfg.loop.get("target_accuracy")
         self.target = (None if target is None else float(target), str(cfg.loop.get("target_metric", "test_accuracy")))
+        self.job = LabellingJob(cfg, self.data, self.state, self.run_dir, self.device)  # stop set, model export
 
     @property
     def progress(self) -> RunProgress:
@@ -172,6 +174,7 @@ class Experiment:
                 reason = self._stop_reason()
                 if reason is not None:
                     progress.console.print(f"Stopping: {reason}.", style="dim")
+                    tracker.set_tags({"stop_reason": reason})
                     break
                 if net is None:  # resumed after round r was logged: its saved model (or a retrain)
                     net = self._load_net() or self._train(r)[0]
@@ -211,6 +214,7 @@ class Experiment:
         """Train round ``r``'s model, evaluate, log at step = number of labels, and save."""
         net, row = self._train(r, prev)
         tracker.log_metrics(row, step=self.state.n_labelled)
+        self.job.after_round(r, net, tracker)  # stop_kappa, machine-label evidence
         faults.point("logged")
         self.progress.history.append(row)
         self.progress.evaluated_round = r
@@ -268,7 +272,7 @@ class Experiment:
         reached = labels_to_target(p.history, target, metric)
         if not np.isnan(reached):
             return f"{metric} reached loop.target_accuracy={target} at {int(reached)} labels"
-        return None
+        return self.job.stop_reason()
 
     # ------------------------------------------------------------------ run folder and MLflow
     def _record_seed_labels(self) -> int:
@@ -292,7 +296,8 @@ class Experiment:
     def _save(self) -> None:
         self.state.save(self.run_dir)
         faults.point("state_saved")
-        write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names)
+        write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names,
+                          self.data.extras.get("files"))
 
     def _start_tracking(self) -> Tracker:
         cfg, p = self.cfg, self.progress
@@ -309,6 +314,8 @@ class Experiment:
         return tracker
 
     def _finish(self, tracker: Tracker, status: str) -> RunResult:
+        if status == "finished":
+            self.job.finish(tracker, self._load_net())  # the final model as an MLflow model
         title = f"{self.strategy.name} on {self.data.name} (seed {self.cfg.seed})"
         result = close_run(tracker, self.run_dir, self.cfg.mlflow.experiment_name, self.progress.history,
                            self.state, status, title, self.strategy.name, self.target)

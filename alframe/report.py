@@ -13,7 +13,10 @@ among the budget curves of the experiment's chart view):
   mean, median and quartiles; on the mean curve) and label savings relative to ``random``;
 - ``pairwise.csv`` / in ``summary.md``: pairwise comparison matrix (Lüth et al. 2023): the
   share of (seed, budget) pairs at which the row strategy beats the column strategy;
-- ``curves.csv`` (the plotted data) and ``runs.csv`` (the runs used).
+- ``curves.csv`` (the plotted data) and ``runs.csv`` (the runs used);
+- ``machine_labels.csv`` / in ``summary.md`` (simulations): per strategy and confidence threshold
+  t, how many pool samples the last model labels with confidence >= t and how accurately
+  (:mod:`alframe.machine_labels`), so a team can pick ``alframe-export --accept-above t`` from evidence.
 
 Conventions. Seeds of different strategies are paired by their ``seed`` tag (same seed = same
 initial labelled set in alframe). Standard deviations are sample standard deviations
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from alframe import machine_labels
 from alframe.metrics import aubc, labels_to_target
 from alframe.tracking import default_tracking_uri, sqlite_path
 
@@ -61,6 +65,7 @@ class RunCurve:
         accuracy: ``[R] float`` the metric at those label counts.
         tags: all non-system tags of the run.
         status: MLflow run status.
+        final_metrics: the latest value of every metric of the run (MLflow's ``run.data.metrics``).
     """
 
     run_id: str
@@ -70,6 +75,7 @@ class RunCurve:
     accuracy: np.ndarray
     tags: dict = field(default_factory=dict)
     status: str = "FINISHED"
+    final_metrics: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +90,8 @@ class Report:
             (None with fewer than 2 seeds per strategy).
         targets: target accuracies of the labels-to-target columns.
         notes: warnings to show with the report (skipped runs, unequal lengths, ...).
+        machine_labels: per (group, threshold) the final machine-label count, coverage and
+            accuracy averaged over seeds (:func:`machine_label_table`); None without such metrics.
     """
 
     runs: list[RunCurve]
@@ -92,6 +100,7 @@ class Report:
     pairwise: pd.DataFrame | None
     targets: tuple[float, ...]
     notes: list[str] = field(default_factory=list)
+    machine_labels: pd.DataFrame | None = None
 
 
 # --------------------------------------------------------------------------- reading MLflow
@@ -192,7 +201,7 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None,
         group = t.get(group_by) or run.data.params.get(f"{group_by}.name") or "?"
         curves.append(RunCurve(run_id=run.info.run_id, group=group, seed=t.get("seed", "?"), labels=steps,
                                accuracy=acc, tags={k: v for k, v in t.items() if not k.startswith("mlflow.")},
-                               status=run.info.status))
+                               status=run.info.status, final_metrics=dict(run.data.metrics)))
     if not curves:
         what = f"experiment {experiment!r}" + (f" with {filter_string}" if filter_string else "")
         raise ReportError(f"no runs with {metric!r} values in {what} ({tracking_uri})")
@@ -358,6 +367,38 @@ def pairwise_matrix(runs: Sequence[RunCurve]) -> pd.DataFrame | None:
     return m
 
 
+def machine_label_table(runs: Sequence[RunCurve]) -> pd.DataFrame | None:
+    """Final machine-label evidence per strategy and threshold, mean over the strategy's runs.
+
+    Reads each run's last ``machine_labels/t<t>/count|coverage|accuracy`` values (logged by the
+    loop in simulations, for the last model on the remaining pool).
+
+    Returns:
+        Columns ``group, threshold, n_seeds, count, coverage, accuracy`` (means; accuracy over
+        the runs that kept at least one sample), sorted by group and threshold; None when no
+        run has such metrics.
+    """
+    rows = []
+    for r in runs:
+        for t, v in machine_labels.from_metrics(r.final_metrics).items():
+            rows.append({"group": r.group, "threshold": t, "count": v.get("count", 0.0),
+                         "coverage": v.get("coverage", np.nan), "accuracy": v.get("accuracy", np.nan)})
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    out = df.groupby(["group", "threshold"], as_index=False).agg(
+        n_seeds=("count", "size"), count=("count", "mean"), coverage=("coverage", "mean"),
+        accuracy=("accuracy", "mean"))
+    return out.sort_values(["group", "threshold"]).reset_index(drop=True)
+
+
+def _machine_display(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"strategy": df.group, "confidence >= t": df.threshold.map(lambda t: f"{t:g}"),
+                         "seeds": df.n_seeds, "machine labels": df["count"].map(lambda v: f"{v:.0f}"),
+                         "share of pool": df.coverage.map(lambda v: "-" if np.isnan(v) else f"{v:.3f}"),
+                         "accuracy": df.accuracy.map(lambda v: "-" if np.isnan(v) else f"{v:.4f}")})
+
+
 def build_report(runs: Sequence[RunCurve], targets: Sequence[float] = DEFAULT_TARGETS,
                  baseline: str = "random", notes: list[str] | None = None) -> Report:
     """Compute curves, summary table and pairwise matrix for ``runs`` (see the module doc)."""
@@ -377,7 +418,7 @@ def build_report(runs: Sequence[RunCurve], targets: Sequence[float] = DEFAULT_TA
     if baseline not in set(summary.group):
         notes.append(f"no {baseline!r} runs: label savings are not computed")
     return Report(runs=list(runs), curves=curves, summary=summary, pairwise=pairwise_matrix(runs),
-                  targets=tuple(targets), notes=notes)
+                  targets=tuple(targets), notes=notes, machine_labels=machine_label_table(runs))
 
 
 # --------------------------------------------------------------------------- output
@@ -512,6 +553,13 @@ def write_report(report: Report, out: Path, title: str, baseline: str = "random"
         md += ["## Pairwise comparison", "", "Share of (seed, budget) pairs at which the row strategy has a "
                "higher test accuracy than the column strategy (ties count 1/2; Lüth et al. 2023).", "",
                _markdown(report.pairwise.map(lambda v: "-" if np.isnan(v) else f"{v:.2f}"), index=True), ""]
+    if report.machine_labels is not None:
+        report.machine_labels.rename(columns={"group": "strategy"}).to_csv(out / "machine_labels.csv", index=False)
+        files.append(out / "machine_labels.csv")
+        md += ["## Machine labels", "", "The last model's labels for the rest of the pool, kept where its confidence "
+               ">= t: how many, what share of the pool and how many are right (stored labels; mean over seeds). "
+               "`alframe-export --accept-above t` keeps exactly these.", "",
+               _markdown(_machine_display(report.machine_labels)), ""]
     if report.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     md += ["![budget curves](budget_curves.png)", ""]
@@ -589,6 +637,14 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
         for name, row in report.pairwise.iterrows():
             pw.add_row(name, *["-" if np.isnan(v) else f"{v:.2f}" for v in row.tolist()])
         console.print(pw, soft_wrap=False)
+    if report.machine_labels is not None:
+        ml = Table(title="machine labels of the last model on the rest of the pool (mean over seeds)")
+        disp = _machine_display(report.machine_labels)
+        for c in disp.columns:
+            ml.add_column(c, justify="left" if c == "strategy" else "right")
+        for _, row in disp.iterrows():
+            ml.add_row(*[str(v) for v in row.tolist()])
+        console.print(ml)
     for n in report.notes:
         console.print(f"[yellow]note:[/yellow] {n}")
 

@@ -41,6 +41,14 @@ class LoopConfig:
         pool_subset: score only a random subset of this many pool samples per round.
         resume: true continues the newest run of this config; or a run folder; false starts anew.
         eval_batch_size: samples per forward pass for scoring and evaluation.
+        stop_kappa: stop once Cohen's kappa between successive models' stop-set predictions is
+            at least this in ``stop_window`` rounds in a row (Bloodgood & Vijay-Shanker 2009);
+            null = never (kappa is still logged). Checked by :mod:`alframe.stopping`.
+        stop_window: rounds in a row for ``stop_kappa``.
+        stop_set_size: pool samples drawn once (seeded) as the stop set, scored every round;
+            0 = off.
+        machine_label_evidence: simulations: log the count and accuracy of machine labels per
+            confidence threshold every round (one pass over the pool).
     """
 
     initial_size: int = _f(20, ge=1)
@@ -54,6 +62,10 @@ class LoopConfig:
     pool_subset: Optional[int] = _f(None, ge="query_size")
     resume: Any = False
     eval_batch_size: int = _f(512, ge=1)
+    stop_kappa: Optional[float] = None
+    stop_window: int = 3
+    stop_set_size: int = 1000
+    machine_label_evidence: bool = True
 
 
 @dataclass
@@ -96,12 +108,16 @@ class MlflowConfig:
         run_name: display name of the run (a random suffix keeps names unique).
         ui_url: address of the MLflow UI in the printed links; null: the tracking server itself
             for http(s) tracking URIs, else http://127.0.0.1:5000 (what ``make ui`` serves).
+        log_model: log the final model as an MLflow pyfunc model (artifact ``model/``).
+        log_model_every_round: also log each round's model as ``models/round_<r>``.
     """
 
     tracking_uri: Optional[str] = None
     experiment_name: str = "alframe"
     run_name: Optional[str] = "${strategy.name}-${model.name}-${dataset.name}-seed${seed}"
     ui_url: Optional[str] = None
+    log_model: bool = True
+    log_model_every_round: bool = False
 
 
 @dataclass

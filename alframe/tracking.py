@@ -306,13 +306,14 @@ def start_run(tracking_uri: str, experiment_name: str, run_id: str | None, run_n
     return tracker
 
 
-def write_queries_csv(path: Path, state, class_names: list[str]) -> None:
-    """``queries.csv``: one row per label received (round, index, label, class_name), ordered
-    by round then index; round 0 is the initial labelled set.
+def write_queries_csv(path: Path, state, class_names: list[str], files: list[str] | None = None) -> None:
+    """``queries.csv``: one row per label received (round, index, label, class_name and, for
+    folder datasets, ``file``), ordered by round then index; round 0 is the initial labelled set.
 
     Args:
         state: the run's :class:`~alframe.state.PoolState`.
         class_names: ``[C]`` names of the classes.
+        files: ``[N]`` image paths relative to the dataset root (folder datasets), or None.
     """
     import csv
     import io
@@ -325,10 +326,10 @@ def write_queries_csv(path: Path, state, class_names: list[str]) -> None:
     order = np.lexsort((idx, state.labelled_round[idx]))
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
-    w.writerow(["round", "index", "label", "class_name"])
+    w.writerow(["round", "index", "label", "class_name"] + (["file"] if files is not None else []))
     for i in idx[order]:
         y = int(state.labels[i])
-        w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]])
+        w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]] + ([files[i]] if files is not None else []))
     atomic_write(Path(path), lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 

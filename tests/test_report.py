@@ -240,3 +240,24 @@ def test_missing_store_is_not_created(tmp_path, capsys):
     assert rp.main(["--tracking-uri", f"sqlite:///{db}", "--experiment", "x"]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_machine_label_table_means_final_values_per_strategy_and_threshold():
+    from alframe.report import RunCurve, machine_label_table
+
+    def curve(group, seed, metrics):
+        return RunCurve(run_id=f"{group}{seed}", group=group, seed=str(seed), labels=np.array([10]),
+                        accuracy=np.array([0.5]), final_metrics=metrics)
+
+    runs = [curve("margin", 0, {"machine_labels/t0.9/count": 10.0, "machine_labels/t0.9/coverage": 0.1,
+                                "machine_labels/t0.9/accuracy": 0.8, "test_accuracy": 0.5}),
+            curve("margin", 1, {"machine_labels/t0.9/count": 30.0, "machine_labels/t0.9/coverage": 0.3,
+                                "machine_labels/t0.9/accuracy": 1.0, "machine_labels/t0.99/count": 0.0,
+                                "machine_labels/t0.99/coverage": 0.0}),
+            curve("random", 0, {"test_accuracy": 0.4})]
+    table = machine_label_table(runs)
+    assert table[["group", "threshold", "n_seeds"]].values.tolist() == [["margin", 0.9, 2], ["margin", 0.99, 1]]
+    row = table.iloc[0]
+    assert (row["count"], row["coverage"], row["accuracy"]) == pytest.approx((20.0, 0.2, 0.9))
+    assert np.isnan(table.iloc[1]["accuracy"])  # no machine label kept: accuracy undefined
+    assert machine_label_table(runs[2:]) is None

@@ -41,8 +41,9 @@ def digits(test_size: int | float = 0.25, val_size: int = 100, split_seed: int =
     train_idx, test_idx = stratified_split(y, test_size, split_seed)
     if not 0 <= val_size <= len(train_idx) - 20:
         raise ValueError(f"dataset.val_size must lie in [0, {len(train_idx) - 20}], got {val_size}")
+    mean = std = None
     if normalize:
-        mean, std = x[train_idx].mean(), x[train_idx].std()
+        mean, std = float(x[train_idx].mean()), float(x[train_idx].std())
         x = (x - mean) / std
     x_t = torch.from_numpy(x)
     train = TensorImageDataset(x_t[train_idx], y[train_idx])
@@ -53,4 +54,6 @@ def digits(test_size: int | float = 0.25, val_size: int = 100, split_seed: int =
         name=name, train=train, test=test, val_idx=np.asarray(val_idx, dtype=np.int64),
         num_classes=10, class_names=[str(c) for c in range(10)], input_shape=(1, 8, 8),
         targets=y_train,
+        # preprocessing of pixel values in [0, 1] (= raw value / 16), for exported models
+        extras={"mean": None if mean is None else [mean], "std": None if std is None else [std]},
     )

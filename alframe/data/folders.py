@@ -172,7 +172,7 @@ def image_folder(root: str | Path, name: str = "image_folder", test_root: str | 
 
     Returns:
         ALData with images ``[channels, H, W] float32``; ``extras["paths"]`` (train source file
-        of each index), ``extras["test_paths"]`` and ``extras["skipped"]`` ([(path, reason)]).
+        of each index; ``extras["files"]`` the same relative to ``root``), ``extras["test_paths"]`` and ``extras["skipped"]`` ([(path, reason)]).
 
     Raises:
         DatasetError: missing folder, no class folders or images, unreadable files (unless
@@ -213,8 +213,24 @@ def image_folder(root: str | Path, name: str = "image_folder", test_root: str | 
         name=name, train=train, test=test, val_idx=val_idx, num_classes=len(classes), class_names=classes,
         input_shape=tuple(train.x.shape[1:]), targets=y_tr, train_transform=train_transform(augment, m, s),
         extras={"mean": m, "std": s, "paths": train_paths, "test_paths": test_paths, "skipped": bad,
-                "root": str(root)},
+                "root": str(root), "files": relative_files(train_paths, root)},
     )
+
+
+def relative_files(paths: Sequence[str], root: Path) -> list[str]:
+    """``paths`` relative to ``root`` (``/``-separated); a file outside ``root`` keeps its absolute path."""
+    base = Path(root).resolve()
+    out = []
+    for p in paths:
+        q = Path(p).resolve()
+        out.append(q.relative_to(base).as_posix() if q.is_relative_to(base) else q.as_posix())
+    return out
+
+
+def sample_files(data: ALData) -> list[str] | None:
+    """File of each train-source sample relative to the dataset root (``extras["files"]``, set by
+    the folder loaders), index-aligned with ``data.train``; None for datasets not read from files."""
+    return data.extras.get("files")
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -292,7 +308,8 @@ def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unl
             for :func:`image_folder`.
 
     Returns:
-        ALData with ``targets=None``, no validation split, ``extras["paths"]`` (file of each index).
+        ALData with ``targets=None``, no validation split, ``extras["paths"]`` (file of each index;
+        ``extras["files"]`` the same relative to ``root``).
 
     Raises:
         DatasetError: missing folder, no images, unreadable files (unless skipped), bad seed
@@ -338,5 +355,6 @@ def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unl
         class_names=classes, input_shape=tuple(train.x.shape[1:]), targets=None,
         train_transform=train_transform(augment, m, s),
         extras={"mean": m, "std": s, "paths": paths, "test_paths": test_paths, "skipped": bad,
-                "seed_idx": seed_idx, "seed_labels": seed_y, "root": str(root)},
+                "seed_idx": seed_idx, "seed_labels": seed_y, "root": str(root),
+                "files": relative_files(paths, root)},
     )
