@@ -87,6 +87,9 @@ def validate_static(cfg: DictConfig) -> None:
     resume = _get(cfg, "loop.resume")
     if not isinstance(resume, (bool, str)):
         raise ConfigError(f"loop.resume={resume!r} is invalid: must be true, false or a run directory path")
+    from alframe import protocols  # the training-protocol keys of `trainer`
+
+    protocols.validate(cfg)
 
 
 def validate_with_data(cfg: DictConfig, n_pool: int, num_classes: int, has_targets: bool) -> None:

@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import auc
 
-from alframe import progress
+from alframe import progress, protocols
 from alframe.config import (
     ConfigError,
     config_fingerprint,
@@ -194,22 +194,25 @@ def build_net(cfg: DictConfig, data: ALData) -> ALNet:
     return net
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool) -> pl.Trainer:
-    """A light Lightning Trainer: no logger, checkpoints, progress bar or model summary."""
+def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0) -> pl.Trainer:
+    """A light Lightning Trainer: no logger, progress bar or model summary; the training
+    protocol (:mod:`alframe.protocols`) adds its callbacks and step limits."""
     t = cfg.trainer
     callbacks = []
     patience = t.get("early_stopping_patience")
-    use_val = has_val and patience is not None
-    if use_val:
+    use_val = has_val and protocols.uses_validation(cfg)
+    if use_val and patience is not None:
         callbacks.append(pl.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(patience)))
+    callbacks += protocols.callbacks(cfg, run_dir, round, use_val)
     extra = OmegaConf.to_container(t.extra, resolve=True) if t.get("extra") is not None else {}
+    kwargs = {"max_epochs": int(t.max_epochs), "min_epochs": int(t.get("min_epochs") or 1),
+              **protocols.trainer_kwargs(cfg)}
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, precision=t.get("precision", "32-true"),
-        max_epochs=int(t.max_epochs), min_epochs=int(t.get("min_epochs") or 1),
-        deterministic=t.get("deterministic", False), logger=False, enable_checkpointing=False,
+        deterministic=t.get("deterministic", False), logger=False, enable_checkpointing=len(callbacks) > 0,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if use_val else 0, callbacks=callbacks, default_root_dir=str(run_dir),
-        **extra,
+        **{**kwargs, **extra},
     )
 
 
@@ -234,19 +237,21 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
     seed = seed_for(int(cfg.seed), round)
     pl.seed_everything(seed, verbose=False)
     net = build_net(cfg, data)
-    module = ALClassifier(net, instantiate(cfg.model.optimizer),
-                          instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None)
     idx, y = state.labelled_idx, state.labels[state.labelled_idx]
     if pseudo is not None and len(pseudo[0]):
         idx, y = np.concatenate([idx, pseudo[0]]), np.concatenate([y, pseudo[1]])
+    module = ALClassifier(net, protocols.optimizer_factory(cfg, instantiate(cfg.model.optimizer), net, len(idx)),
+                          instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None)
     train_ds = LabelledView(data.train, idx, y, data.train_transform)
     bs = int(cfg.model.batch_size)
-    train_loader = make_loader(train_ds, batch_size=bs, shuffle=True, seed=seed)
+    train_loader = protocols.train_loader(cfg, train_ds, bs, seed) or \
+        make_loader(train_ds, batch_size=bs, shuffle=True, seed=seed)
     has_val = len(data.val_idx) > 0
-    trainer = build_trainer(cfg, run_dir, has_val)
+    trainer = build_trainer(cfg, run_dir, has_val, round)
     val_loader = make_loader(data.validation_set(), batch_size=int(cfg.loop.eval_batch_size)) \
-        if has_val and cfg.trainer.get("early_stopping_patience") is not None else None
+        if has_val and protocols.uses_validation(cfg) else None
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    protocols.restore_best(trainer, module)
     net = module.net
     del trainer, module
     return net
