@@ -3,9 +3,12 @@
 2,000 candidates, T = 20 MC samples, C = 10 classes, batch 10, 10,000 sampled configurations once
 the exact joint (C^n configurations) would exceed that (from the 5th pick on, in both). Inputs are
 seeded synthetic MC-dropout probabilities with the spread of a half-trained MNIST model (the cost
-does not depend on the values). Both run on one thread, interleaved, best of ``REPEATS``. Prints
-the seconds, the ratio (target: alframe >= 4x faster) and how many of the first picks agree (the
-exact-joint picks must; sampled picks may differ, each implementation draws its own samples).
+does not depend on the values). Both run on one thread, interleaved, best of ``REPEATS``; the
+times are CPU seconds of this process (``time.process_time``, one thread: the work done, much
+less sensitive than wall time to other jobs on a shared machine). Prints the seconds, the ratio
+(target: alframe >= 4x faster) and how many of the first picks agree (the exact-joint picks
+must; sampled picks may differ, each implementation draws its own samples).
+``ALFRAME_BENCH_CANDIDATES=500`` scores fewer candidates (both costs grow linearly with it).
 
 ``batchbald_redux`` is not an alframe dependency: ``pip install batchbald_redux`` to compare;
 without it only alframe is timed and the comparison is skipped with a message.
@@ -25,7 +28,8 @@ from alframe.inference import ModelOutputs
 from alframe.state import PoolState
 from alframe.strategies.batch import BatchBALD
 
-N, T, C, K, SAMPLES = 2000, 20, 10, 10, 10_000
+N = int(os.environ.get("ALFRAME_BENCH_CANDIDATES", 2000))
+T, C, K, SAMPLES = 20, 10, 10, 10_000
 REPEATS = 1
 TARGET = 4.0
 
@@ -52,9 +56,10 @@ def redux_picks(p: torch.Tensor) -> list[int]:
 
 
 def timed(fn, *args):
-    t0 = time.perf_counter()
+    """(CPU seconds of this process, result) of ``fn(*args)``."""
+    t0 = time.process_time()
     out = fn(*args)
-    return time.perf_counter() - t0, out
+    return time.process_time() - t0, out
 
 
 def main():
@@ -69,7 +74,7 @@ def main():
             import batchbald_redux  # noqa: F401
         except ImportError:
             secs, _ = timed(alframe_picks, p)
-            print(f"  alframe          {secs:7.2f} s")
+            print(f"  alframe          {secs:7.2f} CPU s")
             print("  batchbald_redux: skipped, not installed (pip install batchbald_redux; not an alframe "
                   "dependency)")
             return
@@ -79,10 +84,10 @@ def main():
             t_a.append(s)
             s, r = timed(redux_picks, p)
             t_r.append(s)
-        same = next((i for i, (x, y) in enumerate(zip(a, r)) if x != y), K)
+        same = next((i for i, (x, y) in enumerate(zip(a, r, strict=True)) if x != y), K)
         ratio = min(t_r) / min(t_a)
-        print(f"  alframe          {min(t_a):7.2f} s   picks {a}")
-        print(f"  batchbald_redux  {min(t_r):7.2f} s   picks {r}")
+        print(f"  alframe          {min(t_a):7.2f} CPU s   picks {a}")
+        print(f"  batchbald_redux  {min(t_r):7.2f} CPU s   picks {r}")
         print(f"  ratio {ratio:.1f}x (target >= {TARGET:.0f}x: {'met' if ratio >= TARGET else 'NOT met'}); "
               f"the first {same} picks agree (exact joint for the first {exact}: "
               f"{'ok' if same >= exact else 'MISMATCH'})")
