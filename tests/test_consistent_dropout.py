@@ -135,3 +135,22 @@ def test_strategy_configs_default_and_option(name, default):
     cfg.consistent_dropout = "yes"
     with pytest.raises(Exception, match="strategy.consistent_dropout='yes' is invalid: must be true or false"):
         instantiate(cfg)
+
+
+@pytest.mark.parametrize("overrides, consistent", [(["strategy=batchbald"], True), (["strategy=bald"], False),
+                                                   (["strategy=bald", "strategy.consistent_dropout=true"], True)])
+def test_loop_scores_with_the_round_seed_when_consistent(run, monkeypatch, overrides, consistent):
+    import alframe.loop as loop
+
+    seen = []
+    real = loop.compute_outputs
+
+    def spy(net, dataset, idx, requires, **kwargs):
+        if "mc_probs" in requires:  # the pool scoring (other calls: deterministic passes)
+            seen.append(kwargs.get("mask_seed"))
+        return real(net, dataset, idx, requires, **kwargs)
+
+    monkeypatch.setattr(loop, "compute_outputs", spy)
+    res = run(*overrides, "strategy.mc_samples=4", "loop.rounds=2", "trainer.max_epochs=1", "seed=3")
+    assert res.status == "finished"
+    assert seen == ([loop.seed_for(3, 1), loop.seed_for(3, 2)] if consistent else [None, None])
