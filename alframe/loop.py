@@ -205,11 +205,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0)
         callbacks.append(pl.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(patience)))
     callbacks += protocols.callbacks(cfg, run_dir, round, use_val)
     extra = OmegaConf.to_container(t.extra, resolve=True) if t.get("extra") is not None else {}
+    keep_best = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)  # else no checkpoint files
     kwargs = {"max_epochs": int(t.max_epochs), "min_epochs": int(t.get("min_epochs") or 1),
               **protocols.trainer_kwargs(cfg)}
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, precision=t.get("precision", "32-true"),
-        deterministic=t.get("deterministic", False), logger=False, enable_checkpointing=len(callbacks) > 0,
+        deterministic=t.get("deterministic", False), logger=False, enable_checkpointing=keep_best,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if use_val else 0, callbacks=callbacks, default_root_dir=str(run_dir),
         **{**kwargs, **extra},

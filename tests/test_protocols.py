@@ -65,6 +65,14 @@ def test_steps_protocol_trains_the_same_number_of_steps_whatever_the_labelled_si
     assert captured["epoch"] is None  # nothing to restore in this protocol
 
 
+def test_early_stopping_alone_writes_no_checkpoints(tmp_path, captured):
+    cfg = compose(["trainer.max_epochs=4", "trainer.early_stopping_patience=2"], tmp_path)
+    data = load_data(cfg.dataset)
+    fit(cfg, data, labelled_state(data, 20), 0, tmp_path)
+    assert captured["trainer"].checkpoint_callback is None and captured["epoch"] is None
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_batchbald_protocol_fixed_length_epochs_early_stopping_and_best_weights(tmp_path, captured):
     cfg = compose(["trainer=batchbald2019", "trainer.epoch_samples=96", "model.batch_size=32",
                    "dataset.val_size=200"], tmp_path)
