@@ -617,7 +617,8 @@ class Experiment:
                                       mc_samples=int(getattr(self.strategy, "mc_samples", 0) or 0),
                                       batch_size=int(cfg.loop.eval_batch_size), device=self.device,
                                       labelled_idx=state.labelled_idx,
-                                      mask_seed=seed_for(int(cfg.seed), r) if self.strategy.consistent_dropout else None)
+                                      mask_seed=seed_for(int(cfg.seed), r) if getattr(self.strategy, "consistent_dropout", False)
+                                      else None)
             score_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             chosen = np.asarray(self.strategy.query(outputs, state, k, rng), dtype=np.int64)
