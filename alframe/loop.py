@@ -611,14 +611,15 @@ class Experiment:
         candidates = pool
         if cfg.loop.pool_subset is not None and int(cfg.loop.pool_subset) < len(pool):
             candidates = np.sort(rng.choice(pool, size=int(cfg.loop.pool_subset), replace=False))
+        # consistent MC dropout: the round's seed draws one dropout mask per MC sample for the whole pool
+        mask_seed = seed_for(int(cfg.seed), r) if getattr(self.strategy, "consistent_dropout", False) else None
         with progress.status(f"round {r}: scoring {len(candidates)} pool samples"):
             t0 = time.perf_counter()
             outputs = compute_outputs(net, self.data.train, candidates, self.strategy.requires,
                                       mc_samples=int(getattr(self.strategy, "mc_samples", 0) or 0),
                                       batch_size=int(cfg.loop.eval_batch_size), device=self.device,
                                       labelled_idx=state.labelled_idx,
-                                      mask_seed=seed_for(int(cfg.seed), r) if getattr(self.strategy, "consistent_dropout", False)
-                                      else None)
+                                      mask_seed=mask_seed)
             score_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             chosen = np.asarray(self.strategy.query(outputs, state, k, rng), dtype=np.int64)
