@@ -70,6 +70,9 @@ def validate_static(cfg: DictConfig) -> None:
     resume = _get(cfg, "loop.resume")
     if not isinstance(resume, (bool, str)):
         raise ConfigError(f"loop.resume={resume!r} is invalid: must be true, false or a run directory path")
+    from alframe import protocols  # the training-protocol keys of `trainer`
+
+    protocols.validate(cfg)
 
 
 def validate_with_data(cfg: DictConfig, n_pool: int, num_classes: int, has_targets: bool) -> None:
@@ -90,7 +93,9 @@ def validate_with_data(cfg: DictConfig, n_pool: int, num_classes: int, has_targe
 
 #: keys added after alframe 0.1 with their defaults: dropped from the fingerprint of a
 #: run folder saved by 0.1 so that it still resumes (:func:`config_fingerprints`)
-ADDED_KEYS = {"trainer._target_": "pytorch_lightning.Trainer", "loop.stop_kappa": None, "loop.stop_window": 3,
+ADDED_KEYS = {"trainer._target_": "pytorch_lightning.Trainer", "trainer.protocol": "epochs",
+              "trainer.steps_per_round": None, "trainer.epoch_samples": None, "trainer.restore_best": False,
+              "trainer.weight_decay_per_label": None, "trainer.weight_decay_params": [], "loop.stop_kappa": None, "loop.stop_window": 3,
               "loop.stop_set_size": 1000, "loop.machine_label_evidence": True,
               "model.module": {"_target_": "alframe.models.lightning.ALClassifier", "_partial_": True}}
 

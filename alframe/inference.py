@@ -13,6 +13,8 @@ What is computed is what the query strategy declares in ``requires``:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +61,7 @@ class ModelOutputs:
 @torch.no_grad()
 def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requires: frozenset[str] | set[str],
                     mc_samples: int = 20, batch_size: int = 512, device: str | torch.device = "cpu",
-                    labelled_idx: np.ndarray | None = None) -> ModelOutputs:
+                    labelled_idx: np.ndarray | None = None, mask_seed: int | None = None) -> ModelOutputs:
     """Score the samples ``dataset[idx]`` with what a strategy needs.
 
     Args:
@@ -71,13 +73,18 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
         batch_size: samples per forward pass.
         device: where to run the network.
         labelled_idx: ``[L] int`` labelled indices, needed for ``"labelled_embeddings"``.
+        mask_seed: None: every pool point draws its own dropout masks in every MC sample (the
+            default of MC dropout). An integer: *consistent* MC dropout, as in BatchBALD's code:
+            one mask per MC sample t and dropout layer, shared by all scored points, drawn from
+            this seed (:class:`ConsistentMasks`), so ``mc_probs[:, t]`` are the predictions of
+            one parameter sample w_t and the result does not depend on batching.
 
     Returns:
         ModelOutputs with the requested fields filled.
 
     Raises:
-        ValueError: unknown requirement, ``mc_samples < 1``, or a network without dropout
-            asked for ``"mc_probs"``.
+        ValueError: unknown requirement, ``mc_samples < 1``, a network without dropout asked
+            for ``"mc_probs"``, or consistent masks for a dropout type they do not support.
     """
     requires = frozenset(requires)
     unknown = requires - KNOWN_REQUIREMENTS
@@ -99,7 +106,9 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
     net.to(device)
     net.eval()
     try:
-        fields = _score(net, dataset, idx, requires - {"labelled_embeddings"}, mc_samples, batch_size, device)
+        masks = ConsistentMasks(net, mask_seed, mc_samples) if mask_seed is not None and "mc_probs" in requires \
+            else None
+        fields = _score(net, dataset, idx, requires - {"labelled_embeddings"}, mc_samples, batch_size, device, masks)
         for k, v in fields.items():
             setattr(out, k, v)
         if "labelled_embeddings" in requires:
@@ -114,7 +123,7 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
 
 
 def _score(net: ALNet, dataset: Dataset, idx: np.ndarray, requires, mc_samples: int, batch_size: int,
-           device) -> dict[str, torch.Tensor]:
+           device, masks: ConsistentMasks | None = None) -> dict[str, torch.Tensor]:
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in requires}
     head_only = net.trunk_is_deterministic
     loader = make_loader(IndexedImages(dataset, idx), batch_size=batch_size)
@@ -128,9 +137,9 @@ def _score(net: ALNet, dataset: Dataset, idx: np.ndarray, requires, mc_samples: 
         if "mc_probs" in chunks:
             with mc_dropout(net):
                 if head_only:  # exact: the trunk is deterministic, sample the head only
-                    samples = sample_head(net.head, h, mc_samples)
+                    samples = sample_head(net.head, h, mc_samples, masks=masks)
                 else:  # dropout in the trunk: sample the whole network, T passes batched
-                    samples = _sample_network(net, x, mc_samples)
+                    samples = _sample_network(net, x, mc_samples, masks=masks)
             chunks["mc_probs"].append(torch.softmax(samples, dim=-1).float().cpu())
     return {k: (torch.cat(v) if v else torch.empty(0)) for k, v in chunks.items()}
 
@@ -157,8 +166,77 @@ def keep_mask(shape: tuple[int, ...], p: float, device="cpu") -> torch.Tensor:
     return (u < round(keep * 2**32)).reshape(shape)
 
 
+#: dropout layers whose consistent mask is a plain (scaled) multiplication
+CONSISTENT_TYPES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+
+
+class ConsistentMasks:
+    """Consistent MC dropout: one dropout mask per MC sample t and dropout layer, shared by every
+    scored point (Kirsch, van Amersfoort & Gal 2019, BatchBALD; their ``ConsistentMCDropout``
+    keeps one mask per sample until the next training phase).
+
+    The masks of layer ``i`` (its position among the network's dropout modules) are drawn from
+    a torch generator seeded with ``(seed, i)``, over the whole ``[T, ...]`` mask at once, so they
+    depend only on the seed, T and the layer, never on the batch size or the order of the pool.
+
+    Args:
+        net: the network (or head) whose dropout modules are sampled.
+        seed: the seed (the loop passes the round's seed).
+        t: T, the number of MC samples.
+
+    Raises:
+        ValueError: the network has a dropout type without a multiplicative mask (AlphaDropout,
+            FeatureAlphaDropout), named.
+    """
+
+    def __init__(self, net: torch.nn.Module, seed: int, t: int):
+        self.seed, self.t = int(seed), int(t)
+        drops = [m for m in net.modules() if isinstance(m, DROPOUT_TYPES)]
+        bad = sorted({type(m).__name__ for m in drops if type(m) not in CONSISTENT_TYPES})
+        if bad:
+            raise ValueError(f"consistent MC dropout supports {[c.__name__ for c in CONSISTENT_TYPES]}; "
+                             f"the network has {bad}: set strategy.consistent_dropout=false")
+        self.key = {id(m): i for i, m in enumerate(drops)}
+        self._masks: dict[int, torch.Tensor] = {}
+        self.window = (0, self.t)  # MC samples [t0, t0 + g) of the stacked input now running
+
+    def mask(self, m: torch.nn.Module, feat_shape: tuple[int, ...]) -> torch.Tensor:
+        """``[T, 1, *shape]`` float32 keep-mask of module ``m`` scaled by ``1 / (1 - p)``, for inputs
+        ``[B, *feat_shape]``; ``shape`` is ``feat_shape`` for ``Dropout`` and ``(C, 1, ...)`` (whole
+        channels) for ``Dropout1d/2d/3d``."""
+        i = self.key[id(m)]
+        got = self._masks.get(i)
+        if got is None:
+            shape = tuple(feat_shape) if type(m) is torch.nn.Dropout else (feat_shape[0],) + (1,) * (len(feat_shape) - 1)
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, i]).generate_state(1)[0]))
+            keep = torch.rand((self.t, 1, *shape), generator=gen) >= m.p
+            got = keep.float() / (1.0 - m.p) if m.p < 1 else torch.zeros(keep.shape)
+            self._masks[i] = got
+        return got
+
+    def apply(self, m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Dropout ``m`` on ``x: [g * B, ...]``, g stacked MC samples (``window``), t-major."""
+        t0, g = self.window
+        b = x.shape[0] // g
+        mk = self.mask(m, tuple(x.shape[1:]))[t0:t0 + g].to(device=x.device, dtype=x.dtype)
+        return (x.reshape(g, b, *x.shape[1:]) * mk).reshape(x.shape)
+
+
+@contextlib.contextmanager
+def _consistent_forwards(net: torch.nn.Module, masks: ConsistentMasks):
+    """Within the block every dropout module of ``net`` applies its consistent masks."""
+    mods = [m for m in net.modules() if isinstance(m, DROPOUT_TYPES)]
+    for m in mods:
+        m.forward = functools.partial(masks.apply, m)  # instance attribute shadows the class method
+    try:
+        yield
+    finally:
+        for m in mods:
+            del m.forward
+
+
 def sample_head(head: torch.nn.Sequential, h: torch.Tensor, t: int,
-                max_elements: int = MC_BLOCK_ELEMENTS) -> torch.Tensor:
+                max_elements: int = MC_BLOCK_ELEMENTS, masks: ConsistentMasks | None = None) -> torch.Tensor:
     """T MC-dropout samples of the head's logits for trunk features ``h: [B, ...]``.
 
     Exact sampling of ``head`` with its (elementwise) ``nn.Dropout`` layers active, arranged
@@ -167,6 +245,8 @@ def sample_head(head: torch.nn.Sequential, h: torch.Tensor, t: int,
     of at most ``max_elements`` numbers; masks come from :func:`keep_mask`; a dropout directly
     followed by ``nn.Linear`` applies its 1/(1-p) scale to the (smaller) linear output. Other
     dropout types (Dropout2d, AlphaDropout, ...) and all other modules are called as they are.
+    With ``masks`` (consistent MC dropout) each dropout multiplies by the shared mask of its MC
+    sample instead.
 
     Returns:
         ``[B, T, C]`` logits.
@@ -181,11 +261,13 @@ def sample_head(head: torch.nn.Sequential, h: torch.Tensor, t: int,
     outs = []
     for t0 in range(0, t, group):
         g = min(group, t - t0)
-        outs.append(_run_sampled(mods[first:], h, g).reshape(g, b, -1))
+        if masks is not None:
+            masks.window = (t0, g)
+        outs.append(_run_sampled(mods[first:], h, g, masks).reshape(g, b, -1))
     return torch.cat(outs).transpose(0, 1)
 
 
-def _run_sampled(mods: list, h: torch.Tensor, g: int) -> torch.Tensor:
+def _run_sampled(mods: list, h: torch.Tensor, g: int, masks: ConsistentMasks | None = None) -> torch.Tensor:
     """Run ``mods`` on ``g`` stacked copies of ``h: [B, ...]``, sampling dropout; ``[g * B, ...]`` out.
 
     Until the first dropout the copies are identical, so ``x`` stays ``[B, ...]`` and the
@@ -194,7 +276,11 @@ def _run_sampled(mods: list, h: torch.Tensor, g: int) -> torch.Tensor:
     i = 0
     while i < len(mods):
         m = mods[i]
-        if type(m) is torch.nn.Dropout and m.training:
+        if masks is not None and isinstance(m, DROPOUT_TYPES) and m.training:
+            if not stacked:  # [g, 1, ...] mask x [1, B, ...] input -> the g samples, stacked
+                x, stacked = x.unsqueeze(0).expand(g, *x.shape).reshape(g * x.shape[0], *x.shape[1:]), True
+            x = masks.apply(m, x)
+        elif type(m) is torch.nn.Dropout and m.training:
             xin = x if stacked else x.unsqueeze(0)
             shape = tuple(x.shape) if stacked else (g, *x.shape)
             if m.p >= 1:
@@ -224,12 +310,14 @@ def _run_sampled(mods: list, h: torch.Tensor, g: int) -> torch.Tensor:
     return x
 
 
-def _sample_network(net: ALNet, x: torch.Tensor, t: int, max_rows: int = 512) -> torch.Tensor:
+def _sample_network(net: ALNet, x: torch.Tensor, t: int, max_rows: int = 512,
+                    masks: ConsistentMasks | None = None) -> torch.Tensor:
     """T MC-dropout samples of the whole network (dropout inside the trunk): the T passes are
     stacked along the batch dimension in groups of at most ``max(B, max_rows)`` rows. Small
     batches (e.g. the pool's last one) are filled up to ``max_rows``; a full batch runs the T
     passes one after the other, which on CPU was as fast as stacking them and keeps the
-    activations in cache (measured in ``benchmarks/bench_mc.py``). Memory stays bounded.
+    activations in cache (measured in ``benchmarks/bench_mc.py``). Memory stays bounded. With
+    ``masks`` every dropout module applies the consistent mask of its MC sample.
 
     Returns:
         ``[B, T, C]`` logits.
@@ -240,7 +328,12 @@ def _sample_network(net: ALNet, x: torch.Tensor, t: int, max_rows: int = 512) ->
     for t0 in range(0, t, group):
         g = min(group, t - t0)
         xr = x.unsqueeze(0).expand(g, *x.shape).reshape(g * b, *x.shape[1:])
-        outs.append(net(xr).reshape(g, b, -1))
+        if masks is None:
+            outs.append(net(xr).reshape(g, b, -1))
+            continue
+        masks.window = (t0, g)
+        with _consistent_forwards(net, masks):
+            outs.append(net(xr).reshape(g, b, -1))
     return torch.cat(outs).transpose(0, 1)
 
 

@@ -237,13 +237,17 @@ class Experiment:
         if loop.pool_subset is not None and int(loop.pool_subset) < len(pool):
             candidates = np.sort(rng.choice(pool, size=int(loop.pool_subset), replace=False))
         with progress.status(f"round {r}: scoring {len(candidates)} pool samples"):
-            torch.manual_seed(round_seed(self.cfg.seed, r, SCORE))  # MC-dropout masks
+            score_seed = round_seed(self.cfg.seed, r, SCORE)
+            torch.manual_seed(score_seed)  # MC-dropout masks, drawn per sample
             faults.point("score")
             t0 = time.perf_counter()
             outputs = compute_outputs(net, self.data.train, candidates, self.strategy.requires,
                                       mc_samples=int(getattr(self.strategy, "mc_samples", 0) or 0),
                                       batch_size=self.eval_batch_size, device=self.device,
-                                      labelled_idx=state.labelled_idx)
+                                      labelled_idx=state.labelled_idx,
+                                      # consistent MC dropout: one mask per MC sample for the whole pool
+                                      mask_seed=score_seed if getattr(self.strategy, "consistent_dropout", False)
+                                      else None)
             score_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             chosen = np.asarray(self.strategy.query(outputs, state, k, rng), dtype=np.int64)

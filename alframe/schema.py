@@ -83,6 +83,14 @@ class TrainerConfig:
         early_stopping_patience: epochs without ``val_accuracy`` gain before stopping (needs a
             validation split); null = off.
         deterministic: torch deterministic algorithms.
+        protocol: a label naming the training protocol: ``epochs``, ``steps``, ``batchbald2019``
+            or ``gal2017`` (:mod:`alframe.protocols`).
+        steps_per_round: a fixed number of gradient steps per round (replaces max_epochs); null = off.
+        epoch_samples: samples per epoch drawn from the labelled set with repetition; null = one pass.
+        restore_best: load the best ``val_accuracy`` epoch's weights before scoring and testing.
+        weight_decay_per_label: c of Keras' ``l2(c / N)`` on ``weight_decay_params``, N = labels
+            of the round (Gal et al. 2017); null = off.
+        weight_decay_params: parameter names (fnmatch patterns) the scaled weight decay applies to.
         extra: any other Trainer keyword arguments, e.g. ``+trainer.extra.max_steps=200``.
     """
 
@@ -94,6 +102,12 @@ class TrainerConfig:
     min_epochs: int = _f(1, ge=0)
     early_stopping_patience: Optional[int] = _f(None, ge=1)
     deterministic: Any = False
+    protocol: str = "epochs"
+    steps_per_round: Optional[int] = _f(None, ge=1)
+    epoch_samples: Optional[int] = _f(None, ge=1)
+    restore_best: bool = False
+    weight_decay_per_label: Optional[float] = _f(None, ge=0.0)
+    weight_decay_params: list[str] = field(default_factory=list)
     extra: dict[str, Any] = _f({})
 
 

@@ -2,7 +2,8 @@
 
 ``alframe experiment=badge2020_cifar10 smoke=true`` keeps the experiment's dataset, model,
 strategy, oracle and tracking, and changes only sizes: one query round, one epoch, at most 20
-initial labels and 10 per round, at most 64 scored pool samples, a subset of the data
+initial labels and 10 per round, at most 64 scored pool samples, at most 5 steps or 64 samples per
+epoch for the step and fixed-length protocols, a subset of the data
 (torchvision datasets: 300 training / 100 test samples, validation at most 20) and at most 4 MC
 samples. The result is a real run, not a measurement: it is logged to its own MLflow experiment
 ``<mlflow.experiment_name>-smoke`` (tag ``alframe.smoke=true``), so smoke runs never mix with the
@@ -29,6 +30,8 @@ SMOKE_LIMITS = {
 }
 #: suffix of the MLflow experiment smoke runs are logged to
 SMOKE_EXPERIMENT_SUFFIX = "-smoke"
+#: upper limits applied only where the config sets a value (null keeps its meaning: "off")
+SMOKE_LIMITS_IF_SET = {"trainer.steps_per_round": 5, "trainer.epoch_samples": 64}
 #: values a smoke run sets outright
 SMOKE_SET = {"loop.rounds": 1, "loop.budget": None, "loop.target_accuracy": None,
              "trainer.early_stopping_patience": None}
@@ -49,6 +52,10 @@ def apply_smoke(cfg: DictConfig) -> DictConfig:
                 continue
             value = OmegaConf.select(out, key)
             OmegaConf.update(out, key, limit if value is None else min(int(value), limit), merge=False)
+        for key, limit in SMOKE_LIMITS_IF_SET.items():
+            value = OmegaConf.select(out, key, default=None)
+            if value is not None:
+                OmegaConf.update(out, key, min(int(value), limit), merge=False)
         for key, value in SMOKE_SET.items():
             if OmegaConf.select(out, key, default="__missing__") != "__missing__":
                 OmegaConf.update(out, key, value, merge=False)

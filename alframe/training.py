@@ -18,7 +18,7 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from alframe import faults
+from alframe import faults, protocols
 from alframe.config import ConfigError, instantiate_checked
 from alframe.data.base import ALData, LabelledView, make_loader
 from alframe.models.base import ALNet
@@ -26,7 +26,8 @@ from alframe.state import PoolState, atomic_write
 
 MODEL_FILE = "last_model.pt"
 #: keys of the ``trainer`` group that alframe reads itself; the rest go to pytorch_lightning.Trainer
-ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra")
+ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "protocol", "steps_per_round", "epoch_samples",
+                        "restore_best", "weight_decay_per_label", "weight_decay_params")
 
 
 def quiet_lightning() -> None:
@@ -74,36 +75,43 @@ def build_net(cfg: DictConfig, num_classes: int, input_shape: tuple[int, ...]) -
     return net
 
 
-def build_module(cfg: DictConfig, net: ALNet) -> pl.LightningModule:
+def build_module(cfg: DictConfig, net: ALNet, n_train: int = 1) -> pl.LightningModule:
     """The LightningModule of ``model.module`` (default: :class:`~alframe.models.lightning.ALClassifier`)
-    around ``net``, with ``model.optimizer`` and ``model.scheduler``.
+    around ``net``, with ``model.optimizer`` (weight decay scaled by the protocol for
+    ``n_train`` training samples, :func:`alframe.protocols.optimizer_factory`) and ``model.scheduler``.
 
     Raises:
         ConfigError: a bad optimiser, scheduler or module value, naming the key.
     """
     module_cfg = cfg.model.get("module") or {"_target_": "alframe.models.lightning.ALClassifier", "_partial_": True}
-    optimizer = instantiate_checked(cfg.model.optimizer, "model.optimizer")
+    optimizer = protocols.optimizer_factory(cfg, instantiate_checked(cfg.model.optimizer, "model.optimizer"), net,
+                                            n_train)
     scheduler = instantiate_checked(cfg.model.scheduler, "model.scheduler") if cfg.model.get("scheduler") else None
     factory = instantiate_checked(OmegaConf.create(module_cfg), "model.module")
     return factory(net=net, optimizer=optimizer, scheduler=scheduler)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0) -> pl.Trainer:
     """The round's ``pytorch_lightning.Trainer`` from the ``trainer`` group (``_target_``):
-    no logger, checkpoints, progress bar or model summary; early stopping on ``val_accuracy``
-    when ``trainer.early_stopping_patience`` is set and there is a validation split."""
+    no logger, progress bar or model summary; early stopping on ``val_accuracy`` when
+    ``trainer.early_stopping_patience`` is set and there is a validation split; the training
+    protocol (:mod:`alframe.protocols`) adds its callbacks and step limits. Checkpoint files
+    are written only when the protocol keeps the best epoch."""
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     patience = t.get("early_stopping_patience")
-    use_val = has_val and patience is not None
+    use_val = has_val and protocols.uses_validation(cfg)
     callbacks = [pl.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(patience))] \
-        if use_val else []
+        if use_val and patience is not None else []
+    callbacks += protocols.callbacks(cfg, run_dir, round, use_val)
+    keep_best = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
     kwargs = {k: v for k, v in t.items() if k not in ALFRAME_TRAINER_KEYS}
     kwargs.setdefault("_target_", "pytorch_lightning.Trainer")
+    kwargs.update(protocols.trainer_kwargs(cfg))
     extra = t.get("extra") or {}
     kwargs.update(extra)
     what = "trainer" + (f" (trainer.extra: {', '.join(f'{k}={v!r}' for k, v in extra.items())})" if extra else "")
     return instantiate_checked(OmegaConf.create(kwargs), what, errors=(ValueError, TypeError,
-                               MisconfigurationException), logger=False, enable_checkpointing=False,
+                               MisconfigurationException), logger=False, enable_checkpointing=keep_best,
                                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                                limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
                                default_root_dir=str(run_dir))
@@ -165,16 +173,17 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
     seed = round_seed(cfg.seed, round)
     pl.seed_everything(seed, verbose=False)
     net = build_net(cfg, data.num_classes, data.input_shape)
-    module = build_module(cfg, net)
     idx, y = state.labelled_idx, state.labels[state.labelled_idx]
     if pseudo is not None and len(pseudo[0]):
         idx, y = np.concatenate([idx, pseudo[0]]), np.concatenate([y, pseudo[1]])
-    train_loader = make_loader(LabelledView(data.train, idx, y, data.train_transform),
-                               batch_size=int(cfg.model.batch_size), shuffle=True, seed=seed)
+    module = build_module(cfg, net, len(idx))
+    train_ds, bs = LabelledView(data.train, idx, y, data.train_transform), int(cfg.model.batch_size)
+    train_loader = protocols.train_loader(cfg, train_ds, bs, seed) or \
+        make_loader(train_ds, batch_size=bs, shuffle=True, seed=seed)
     has_val = len(data.val_idx) > 0
-    trainer = build_trainer(cfg, run_dir, has_val)
+    trainer = build_trainer(cfg, run_dir, has_val, round)
     val_loader = make_loader(data.validation_set(), batch_size=int(cfg.loop.eval_batch_size)) \
-        if has_val and cfg.trainer.get("early_stopping_patience") is not None else None
+        if has_val and protocols.uses_validation(cfg) else None
     faults.point("fit")
     try:
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
@@ -182,6 +191,7 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
         if trainer.interrupted:
             raise KeyboardInterrupt("interrupted during training") from e
         raise
+    protocols.restore_best(trainer, module)
     faults.point("fit_done")
     net = module.net
     del trainer, module

@@ -20,9 +20,26 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 PROTOCOL = {
     "gal2017_mnist": {"dataset.name": "mnist", "model.name": "gal_cnn", "strategy.name": "bald",
                       "loop.initial_size": 20, "loop.initial_balanced": True, "loop.query_size": 10,
-                      "loop.rounds": 100, "dataset.val_size": 100, "loop.pool_subset": 2000},
+                      "loop.rounds": 100, "dataset.val_size": 100, "loop.pool_subset": 2000,
+                      "trainer.protocol": "gal2017", "trainer.max_epochs": 50, "model.batch_size": 128,
+                      "trainer.weight_decay_per_label": 3.5, "trainer.weight_decay_params": ["head.1.weight"]},
     "batchbald2019_mnist": {"dataset.name": "mnist", "model.name": "batchbald_cnn", "strategy.name": "batchbald",
-                            "loop.initial_size": 20, "loop.query_size": 10},
+                            "loop.initial_size": 20, "loop.query_size": 10, "trainer.protocol": "batchbald2019",
+                            "trainer.epoch_samples": 5056, "trainer.max_epochs": 30,
+                            "trainer.early_stopping_patience": 3, "trainer.restore_best": True,
+                            "strategy.consistent_dropout": True, "model.batch_size": 64},
+    "batchbald2019_repeated_mnist": {"dataset.name": "repeated_mnist", "dataset.repeat": 3,
+                                     "dataset.repeat_noise_std": 0.1, "trainer.protocol": "batchbald2019",
+                                     "strategy.name": "batchbald", "loop.rounds": 30},
+    # CPU-sized variants keep the network, protocol and acquisition; only sizes shrink
+    "gal2017_mnist_cpu": {"model.name": "gal_cnn", "trainer.protocol": "gal2017", "loop.initial_size": 20,
+                          "loop.query_size": 10, "loop.initial_balanced": True, "dataset.val_size": 100},
+    "batchbald2019_mnist_cpu": {"model.name": "batchbald_cnn", "trainer.protocol": "batchbald2019",
+                                "trainer.epoch_samples": 5056, "trainer.early_stopping_patience": 3,
+                                "trainer.restore_best": True, "strategy.consistent_dropout": True,
+                                "loop.query_size": 10, "dataset.name": "mnist"},
+    "batchbald2019_repeated_mnist_cpu": {"dataset.name": "repeated_mnist", "dataset.repeat": 3,
+                                         "trainer.protocol": "batchbald2019", "loop.rounds": 18},
     "coreset2018_cifar10": {"dataset.name": "cifar10", "model.name": "resnet18", "strategy.name": "coreset",
                             "loop.initial_size": 5000, "loop.query_size": 5000,
                             "model.optimizer._target_": "torch.optim.SGD"},
@@ -59,7 +76,13 @@ def test_every_paper_has_a_config_and_a_readme():
         text = (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_"), name
         assert "Deviations" in text, name
-        assert (repo / "experiments" / name / "README.md").is_file(), name
+        # its README: experiments/<name>/README.md, or the paper's README the config names (variants)
+        import re
+
+        named = re.findall(r"experiments/([a-z0-9_]+)/README\.md", text)
+        readme = repo / "experiments" / (name if (repo / "experiments" / name).is_dir() else named[0]) / "README.md"
+        assert readme.is_file(), name
+        assert f"experiment={name}" in readme.read_text(), (name, readme)  # the README shows how to run it
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -71,11 +94,24 @@ def test_experiment_composes_with_its_protocol(name, tmp_path):
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
 
+def test_every_paper_config_names_its_protocol(tmp_path):
+    for name in EXPERIMENTS:
+        cfg = _compose([f"experiment={name}"], tmp_path, tmp_path / "m.db")
+        want = "gal2017" if name.startswith("gal2017") else "batchbald2019" if name.startswith("batchbald") \
+            else "epochs"
+        assert cfg.trainer.protocol == want, name
+        own = (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
+        assert "override /trainer:" in own or "protocol:" in own or name.endswith("_cpu") \
+            or "- batchbald2019_mnist" in own, name  # its own file, or the paper config it derives from
+
+
 def test_smoke_shrinks_sizes_only(tmp_path):
     cfg = _compose(["experiment=batchbald2019_mnist"], tmp_path, tmp_path / "m.db")
     small = apply_smoke(cfg)
     assert (small.loop.rounds, small.loop.initial_size, small.loop.query_size, small.loop.pool_subset) == (1, 20, 10, 64)
     assert (small.trainer.max_epochs, small.trainer.min_epochs, small.trainer.early_stopping_patience) == (1, 1, None)
+    assert small.trainer.epoch_samples == 64 and cfg.trainer.epoch_samples == 5056  # protocol kept, epochs shrunk
+    assert small.trainer.steps_per_round is None  # an unset protocol key stays unset
     assert (small.dataset.train_size, small.dataset.test_size, small.dataset.val_size) == (300, 100, 20)
     assert small.strategy.mc_samples == 4 and small.strategy.name == "batchbald"
     assert small.model == cfg.model and small.loop.initial_balanced is True

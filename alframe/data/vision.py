@@ -7,7 +7,8 @@ the images are then held in memory as one normalised float tensor
 Splits: the dataset's official test split is the test set (never part of the pool); a
 stratified, seeded validation split of ``val_size`` samples is held out of the official
 training split; the rest is the pool. ``train_size``/``test_size`` take stratified, seeded
-subsets for quick runs.
+subsets for quick runs. ``repeat=3`` turns the MNIST family into Repeated MNIST (BatchBALD):
+see :func:`repeat_with_noise`.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _images(ds, spec: VisionSpec) -> tuple[torch.Tensor, np.ndarray]:
 def load_vision(name: str, root: str | Path = "data", download: bool = True, val_size: int = 100,
                 split_seed: int = 0, normalize: bool = True, train_size: int | None = None,
                 test_size: int | None = None, augment=None, verify_checksums: bool = True,
-                dataset: str | None = None) -> ALData:
+                dataset: str | None = None, repeat: int = 1, repeat_noise_std: float = 0.1) -> ALData:
     """Load a torchvision benchmark as an :class:`ALData`.
 
     Args:
@@ -184,6 +185,13 @@ def load_vision(name: str, root: str | Path = "data", download: bool = True, val
         verify_checksums: check the files' md5 sums where torchvision knows them (CIFAR,
             SVHN); false accepts re-packed or partial copies.
         dataset: which benchmark (key of :data:`SPECS`) when ``name`` is a custom label.
+        repeat: Repeated MNIST (Kirsch, van Amersfoort & Gal 2019, BatchBALD) with ``repeat=3``:
+            every training image (after the validation split) appears ``repeat`` times in the
+            pool, each copy with its own fixed Gaussian noise ``N(0, repeat_noise_std^2)`` added
+            per pixel after normalisation (seeded by ``split_seed``). Validation images keep one
+            (noisy) copy and are never repeated into the pool; the test set is untouched.
+            ``repeat=1`` (default) is the plain dataset, without noise.
+        repeat_noise_std: standard deviation of that noise (0.1 in the paper), in normalised units.
 
     Returns:
         ALData with images ``[C, H, W] float32`` (28x28 grey or 32x32 RGB), the stored
@@ -192,9 +200,14 @@ def load_vision(name: str, root: str | Path = "data", download: bool = True, val
     Raises:
         DatasetError: files missing and not downloadable, or unreadable (names the folder,
             the expected files and how to get them).
-        ValueError: unknown dataset, or sizes outside what the data allows.
+        ValueError: unknown dataset, sizes outside what the data allows, ``repeat < 1`` or a
+            negative ``repeat_noise_std``.
     """
     key = dataset or name
+    if isinstance(repeat, bool) or int(repeat) != repeat or int(repeat) < 1:
+        raise ValueError(f"dataset.repeat={repeat!r} is invalid: must be an integer >= 1 (3 = Repeated MNIST)")
+    if not float(repeat_noise_std) >= 0:
+        raise ValueError(f"dataset.repeat_noise_std={repeat_noise_std!r} is invalid: must be a number >= 0")
     if key not in SPECS:
         raise ValueError(f"unknown torchvision dataset {key!r}; known: {sorted(SPECS)}")
     spec = SPECS[key]
@@ -222,13 +235,43 @@ def load_vision(name: str, root: str | Path = "data", download: bool = True, val
                          f"({len(y_tr)} training samples), got {val_size}")
     val_idx = stratified_split(y_tr, int(val_size), split_seed + 1)[1] if val_size else np.empty(0, np.int64)
     mean, std = channel_stats(x_tr) if normalize else (None, None)
-    train = TensorImageDataset(to_float_normalised(x_tr, mean, std), y_tr)
+    x_float = to_float_normalised(x_tr, mean, std)
+    if int(repeat) > 1:
+        x_float, y_tr, val_idx = repeat_with_noise(x_float, y_tr, val_idx, int(repeat), float(repeat_noise_std),
+                                                   split_seed)
+    train = TensorImageDataset(x_float, y_tr)
     test = TensorImageDataset(to_float_normalised(x_te, mean, std), y_te)
     return ALData(
         name=name, train=train, test=test, val_idx=val_idx, num_classes=len(classes), class_names=classes,
         input_shape=tuple(train.x.shape[1:]), targets=y_tr, train_transform=train_transform(augment, mean, std),
-        extras={"mean": mean, "std": std, "root": str(root)},
+        extras={"mean": mean, "std": std, "root": str(root), "repeat": int(repeat)},
     )
+
+
+def repeat_with_noise(x: torch.Tensor, y: np.ndarray, val_idx: np.ndarray, repeat: int, noise_std: float,
+                      seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Repeated MNIST's training source (Kirsch et al. 2019): validation images once, then
+    ``repeat`` copies of every other image, each copy plus its own fixed noise ``N(0, noise_std^2)``.
+
+    Args:
+        x: ``[N, C, H, W] float32`` normalised training images.
+        y: ``[N] int64`` their labels.
+        val_idx: ``[V] int`` validation indices into ``x``.
+        repeat: copies per non-validation image (>= 1).
+        noise_std: noise standard deviation, in the units of ``x``.
+        seed: seed of the noise (``split_seed``).
+
+    Returns:
+        ``(x [V + repeat * (N - V), C, H, W], y [same], val_idx = arange(V))``: validation first,
+        then copy 0 of every pool image, copy 1, ...; copy j of pool image i sits at
+        ``V + j * (N - V) + i``.
+    """
+    rest = np.setdiff1d(np.arange(len(y)), val_idx)
+    order = np.concatenate([np.asarray(val_idx, dtype=np.int64)] + [rest] * repeat)
+    gen = torch.Generator().manual_seed(int(seed) + 3)
+    out = x[torch.as_tensor(order)]
+    out += torch.randn(out.shape, generator=gen) * noise_std
+    return out, np.asarray(y)[order], np.arange(len(val_idx), dtype=np.int64)
 
 
 def _make(key: str):

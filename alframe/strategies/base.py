@@ -18,6 +18,8 @@ class QueryStrategy:
 
     Class attributes:
         requires: model outputs the strategy reads (see :mod:`alframe.inference`).
+        consistent_dropout: MC strategies only: score the pool with one dropout mask per MC
+            sample shared by all points, seeded by the round (``compute_outputs(mask_seed=...)``).
 
     Args:
         name: display name (logged as the ``strategy`` tag); defaults to the class name.
@@ -25,6 +27,7 @@ class QueryStrategy:
 
     requires: frozenset[str] = frozenset()
     mc_samples: int = 0
+    consistent_dropout: bool = False
 
     def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()

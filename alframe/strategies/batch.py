@@ -15,7 +15,7 @@ import torch
 from alframe.inference import ModelOutputs
 from alframe.state import PoolState
 from alframe.strategies.base import QueryStrategy, top_k
-from alframe.strategies.bayesian import check_mc_samples, entropy64, mc_mutual_information
+from alframe.strategies.bayesian import check_flag, check_mc_samples, entropy64, mc_mutual_information
 
 
 def check_k(k: int) -> int:
@@ -56,6 +56,10 @@ class BatchBALD(QueryStrategy):
         num_samples: most label configurations held for the joint entropy (>= 1); the paper's
             code uses 10,000 sampled configurations.
         chunk_elements: size budget (number of float64 values) of one intermediate block.
+        consistent_dropout: score the pool with one dropout mask per MC sample shared by every
+            point (default true, as the paper's code): the joint entropy is defined for labels
+            under the same parameter sample w_t, so with per-point masks an exact copy of a
+            chosen point looks informative.
 
     Raises:
         ValueError: a parameter out of range.
@@ -64,9 +68,10 @@ class BatchBALD(QueryStrategy):
     requires = frozenset({"mc_probs"})
 
     def __init__(self, name: str | None = None, mc_samples: int = 20, num_samples: int = 10000,
-                 chunk_elements: int = 4_000_000):
+                 chunk_elements: int = 4_000_000, consistent_dropout: bool = True):
         super().__init__(name)
         self.mc_samples = check_mc_samples(mc_samples)
+        self.consistent_dropout = check_flag(consistent_dropout, "strategy.consistent_dropout")
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if int(chunk_elements) < 1:
@@ -99,6 +104,22 @@ class BatchBALD(QueryStrategy):
             chosen.append(best)
             taken[best] = True
         return idx[np.asarray(chosen, dtype=np.int64)]
+
+    def joint_mutual_information(self, mc_probs: torch.Tensor, rng: np.random.Generator | None = None) -> float:
+        """``I[y_1..y_n; w]`` (nats) of one given set of points, computed as :meth:`query` does
+        (exact while ``C^(n-1) <= num_samples``, sampled configurations beyond).
+
+        Args:
+            mc_probs: ``[n, T, C]`` MC-dropout probabilities of the n points, n >= 1.
+            rng: generator for sampled configurations (default: seed 0).
+        """
+        p = mc_probs.double()
+        gen = torch_generator(rng if rng is not None else np.random.default_rng(0))
+        joint, weights, offset = torch.ones(1, p.shape[1], dtype=torch.float64), None, 0.0
+        for i in range(1, len(p)):
+            joint, weights, offset = self._joint(p[:i], joint, weights, gen)
+        h = float(self._joint_entropy_with(p[-1:], joint, weights)[0]) + offset
+        return h - float(entropy64(p).mean(dim=1).sum())
 
     def _joint(self, p_sel: torch.Tensor, joint: torch.Tensor, weights, gen):
         """Configurations of the selected points' labels: ``[S, T]`` probabilities under each
@@ -151,7 +172,7 @@ class BatchBALD(QueryStrategy):
 
     def __repr__(self) -> str:
         return (f"BatchBALD(name={self.name!r}, mc_samples={self.mc_samples}, "
-                f"num_samples={self.num_samples})")
+                f"num_samples={self.num_samples}, consistent_dropout={self.consistent_dropout})")
 
 
 STOCHASTIC_MODES = ("power", "softmax", "softrank")
@@ -218,13 +239,16 @@ class PowerBALD(_StochasticAcquisition):
         mc_samples: T, MC-dropout passes per pool sample (>= 1).
         mode: ``power`` | ``softmax`` | ``softrank``.
         beta: coldness >= 0.
+        consistent_dropout: one dropout mask per MC sample shared across the pool.
     """
 
     requires = frozenset({"mc_probs"})
 
-    def __init__(self, name: str | None = None, mc_samples: int = 20, mode: str = "power", beta: float = 1.0):
+    def __init__(self, name: str | None = None, mc_samples: int = 20, mode: str = "power", beta: float = 1.0,
+                 consistent_dropout: bool = False):
         super().__init__(name, mode=mode, beta=beta)
         self.mc_samples = check_mc_samples(mc_samples)
+        self.consistent_dropout = check_flag(consistent_dropout, "strategy.consistent_dropout")
 
     def base_scores(self, outputs: ModelOutputs) -> np.ndarray:
         return mc_mutual_information(outputs.require("mc_probs")).numpy()
@@ -243,10 +267,13 @@ class PowerEntropy(_StochasticAcquisition):
         mc_samples: 0 or T >= 1.
         mode: ``power`` | ``softmax`` | ``softrank``.
         beta: coldness >= 0.
+        consistent_dropout: one dropout mask per MC sample shared across the pool (T >= 1 only).
     """
 
-    def __init__(self, name: str | None = None, mc_samples: int = 0, mode: str = "power", beta: float = 1.0):
+    def __init__(self, name: str | None = None, mc_samples: int = 0, mode: str = "power", beta: float = 1.0,
+                 consistent_dropout: bool = False):
         super().__init__(name, mode=mode, beta=beta)
+        self.consistent_dropout = check_flag(consistent_dropout, "strategy.consistent_dropout")
         if mc_samples == 0:
             self.mc_samples = 0
             self.requires = frozenset({"probs"})

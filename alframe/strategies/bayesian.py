@@ -16,6 +16,17 @@ from alframe.inference import ModelOutputs
 from alframe.strategies.base import ScoreStrategy
 
 
+def check_flag(value, key: str) -> bool:
+    """A boolean option (e.g. ``consistent_dropout``).
+
+    Raises:
+        ValueError: ``value`` is not true/false (names ``key``).
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{key}={value!r} is invalid: must be true or false")
+    return bool(value)
+
+
 def check_mc_samples(mc_samples: int) -> int:
     """Validate T, the number of MC-dropout samples.
 
@@ -55,19 +66,23 @@ class _MCStrategy(ScoreStrategy):
     Args:
         name: display name.
         mc_samples: T, the number of stochastic forward passes per pool sample (>= 1).
+        consistent_dropout: share one dropout mask per MC sample across the pool (seeded by the
+            round; BatchBALD's consistent MC dropout) instead of fresh masks per point.
 
     Raises:
-        ValueError: ``mc_samples`` < 1 or not an integer.
+        ValueError: ``mc_samples`` < 1 or not an integer; ``consistent_dropout`` not a boolean.
     """
 
     requires = frozenset({"mc_probs"})
 
-    def __init__(self, name: str | None = None, mc_samples: int = 20):
+    def __init__(self, name: str | None = None, mc_samples: int = 20, consistent_dropout: bool = False):
         super().__init__(name)
         self.mc_samples = check_mc_samples(mc_samples)
+        self.consistent_dropout = check_flag(consistent_dropout, "strategy.consistent_dropout")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, mc_samples={self.mc_samples})"
+        return (f"{type(self).__name__}(name={self.name!r}, mc_samples={self.mc_samples}, "
+                f"consistent_dropout={self.consistent_dropout})")
 
 
 class BALD(_MCStrategy):
