@@ -208,20 +208,35 @@ class EvenBatchSampler(torch.utils.data.BatchSampler):
             start += size
 
 
+def loader_workers(ds: Dataset) -> int:
+    """DataLoader worker processes for ``ds``: the ``num_workers`` of the dataset it wraps
+    (``LabelledView``/``IndexedImages`` -> ``base``), e.g. a lazy image folder's
+    ``dataset.num_workers``; 0 (load in the main process) for in-memory data."""
+    while ds is not None:
+        if hasattr(ds, "num_workers"):
+            return int(ds.num_workers)
+        ds = getattr(ds, "base", None)
+    return 0
+
+
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
-                num_workers: int = 0) -> torch.utils.data.DataLoader:
+                num_workers: int | None = None) -> torch.utils.data.DataLoader:
     """DataLoader that uses batched fetching where the dataset supports it.
 
     With ``shuffle=True`` (training) batches are reshuffled every epoch from ``seed`` and have
     near-equal sizes (:class:`EvenBatchSampler`); otherwise the order is kept.
+    ``num_workers`` None: :func:`loader_workers` of ``ds``; training loaders keep their
+    workers alive between epochs.
     """
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    workers = loader_workers(ds) if num_workers is None else int(num_workers)
     if shuffle and len(ds) > 0:
         sampler = EpochPermutation(ds, generator=gen)
         return torch.utils.data.DataLoader(ds, batch_sampler=EvenBatchSampler(sampler, batch_size),
-                                           num_workers=num_workers, collate_fn=_collate_batched)
+                                           num_workers=workers, collate_fn=_collate_batched,
+                                           persistent_workers=workers > 0)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       num_workers=num_workers, collate_fn=_collate_batched)
+                                       num_workers=workers, collate_fn=_collate_batched)
 
 
 @dataclass
