@@ -6,13 +6,16 @@ Quality: the inertia ratio (faiss / scikit-learn, <= 1.01 is the goal) and the c
 picks (sum of squared distances from every point to its nearest pick, alframe's picks over
 those taken the same way from scikit-learn's clusters: ~1 means the same kind of picks).
 
-``python -m benchmarks clustering``; ``ALFRAME_BENCH_SMALL=1`` shrinks the sizes tenfold.
+``python -m benchmarks clustering`` (``--n 20000 --k 400`` for other sizes); ``ALFRAME_BENCH_SMALL=1``
+shrinks the sizes tenfold.
 scikit-learn's KMeans alone takes minutes at full size.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
 import faiss
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 
 from alframe.state import PoolState
 from alframe.strategies.diversity import KMeansSampling, TypiClust, min_sq_distances, nearest_members
-from benchmarks.bench_strategies import SCALE, SMALL, _outputs, _row, clustered, measure
+from benchmarks.bench_strategies import SCALE, SMALL, _outputs, _row, clustered, measure  # noqa: F401
 
 
 def pick_inertia(x: torch.Tensor, picks: np.ndarray) -> float:
@@ -35,7 +38,6 @@ def bench_kmeans(x: torch.Tensor, k: int = 1000):
 
     from alframe.strategies.clustering import kmeans
 
-    k = k // SCALE
     xn = x.numpy()
     print(f"k-means, D={x.shape[1]}, k={k} (faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
           f"scikit-learn KMeans k-means++, n_init=1, max_iter=300):")
@@ -56,10 +58,14 @@ def bench_kmeans(x: torch.Tensor, k: int = 1000):
     _row("alframe typiclust (k clusters)", x.shape[0], sec, peak, f"{len(set(picks.tolist()))} distinct picks")
 
 
-def main():
+def main(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_clustering")
+    p.add_argument("--n", type=int, default=50_000 // SCALE, help="points (50,000)")
+    p.add_argument("--k", type=int, default=1000 // SCALE, help="clusters = queried samples (1,000)")
+    args, _ = p.parse_known_args(sys.argv[1:] if argv is None else argv)  # `python -m benchmarks clustering`
     print(f"threads: torch {torch.get_num_threads()}, faiss {faiss.omp_get_max_threads()}; "
           f"load average: {os.getloadavg()[0]:.1f}" + ("  [ALFRAME_BENCH_SMALL: sizes / 10]" if SMALL else ""))
-    bench_kmeans(clustered(50_000 // SCALE, 512, seed=0))
+    bench_kmeans(clustered(args.n, 512, seed=0), args.k)
 
 
 if __name__ == "__main__":
