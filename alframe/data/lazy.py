@@ -4,7 +4,8 @@ A folder dataset is either *cached* (every image decoded once into one in-memory
 tensor, :class:`~alframe.data.base.TensorImageDataset`) or *lazy* (:class:`ImageFiles`: each
 access opens, decodes, resizes and normalises the file; ``DataLoader`` worker processes,
 ``dataset.num_workers``, decode in parallel). ``dataset.cache=auto`` (default) caches when
-the float32 tensor fits in ``dataset.cache_max_gb`` (default: half the memory available now).
+the load's peak (about 4x the float32 tensor) fits in ``dataset.cache_max_gb`` (default: half
+the memory available now).
 
 Lazy folders are still checked before any training: :func:`scan_images` decodes every file
 once (in the worker processes), keeps only per-file channel sums for the normalisation
@@ -27,6 +28,9 @@ from torchvision.transforms import v2
 log = logging.getLogger(__name__)
 
 CACHE_CHOICES = ("auto", "true", "false")
+#: peak resident memory of an in-memory folder load over its float32 image bytes (measured with
+#: benchmarks/bench_folders.py: 3.6-4.3x; uint8 decode buffer, split copies, float32 train + test)
+CACHE_PEAK_FACTOR = 4
 
 
 def image_size_hw(image_size) -> tuple[int, int]:
@@ -213,8 +217,9 @@ def available_memory() -> int:
 
 def use_cache(cache, n_images: int, channels: int, hw: tuple[int, int], cache_max_gb: float | None = None) -> bool:
     """Whether to decode a folder into memory: ``cache`` true/false, or ``auto``: when the
-    float32 tensor (``n_images * C * H * W * 4`` bytes) fits in ``cache_max_gb`` GiB (default:
-    half of :func:`available_memory`).
+    in-memory load's peak, :data:`CACHE_PEAK_FACTOR` x the float32 tensor
+    (``n_images * C * H * W * 4`` bytes), fits in ``cache_max_gb`` GiB (default: half of
+    :func:`available_memory`).
 
     Raises:
         ConfigError: ``cache`` not auto/true/false, or ``cache_max_gb`` <= 0.
@@ -229,8 +234,8 @@ def use_cache(cache, n_images: int, channels: int, hw: tuple[int, int], cache_ma
     if cache_max_gb is not None and float(cache_max_gb) <= 0:
         raise ConfigError(f"dataset.cache_max_gb={cache_max_gb} is invalid: must be > 0 (GiB) or null")
     limit = float(cache_max_gb) * 2**30 if cache_max_gb is not None else available_memory() / 2
-    need = n_images * channels * hw[0] * hw[1] * 4
+    need = CACHE_PEAK_FACTOR * n_images * channels * hw[0] * hw[1] * 4
     fits = need <= limit
-    log.info("dataset.cache=auto: %d images need %.2f GiB as float32, limit %.2f GiB -> %s", n_images,
-             need / 2**30, limit / 2**30, "in memory" if fits else "decoded on access")
+    log.info("dataset.cache=auto: loading %d images into memory would peak at ~%.2f GiB, limit %.2f GiB -> %s",
+             n_images, need / 2**30, limit / 2**30, "in memory" if fits else "decoded on access")
     return fits
