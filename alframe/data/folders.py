@@ -24,17 +24,13 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from alframe.data.base import ALData, DatasetError, TensorImageDataset, stratified_split
-from alframe.data.lazy import ImageDecoder, ImageFiles, LazyImages, image_size_hw, scan_images, use_cache
+from alframe.data.lazy import ImageDecoder, ImageFiles, LazyImages, scan_images, use_cache
 from alframe.data.transforms import channel_stats, to_float_normalised, train_transform
 
 log = logging.getLogger(__name__)
 
 #: lower-case file suffixes read as images
 EXTENSIONS = tuple(sorted(IMG_EXTENSIONS))
-
-
-def _size(image_size) -> tuple[int, int]:
-    return image_size_hw(image_size)
 
 
 def read_images(paths: Sequence[str | Path], channels: int = 3, image_size: int | Sequence[int] = 64,
