@@ -1,5 +1,6 @@
 """Diversity strategies at scale: seconds and peak memory of alframe's chunked Core-set
-(k-center greedy), k-means sampling and factorised BADGE, next to naive full-matrix versions.
+(k-center greedy) and factorised BADGE, next to naive full-matrix versions (k-means sampling
+and TypiClust: ``bench_clustering.py``).
 
 Peak memory is the growth of the process's resident set during one call (Linux: the peak is
 reset through ``/proc/self/clear_refs`` before each case), so it counts torch, numpy and
@@ -22,7 +23,7 @@ import torch
 
 from alframe.inference import ModelOutputs
 from alframe.state import PoolState
-from alframe.strategies.diversity import BADGE, CoreSet, KMeansSampling
+from alframe.strategies.diversity import BADGE, CoreSet
 
 SMALL = os.environ.get("ALFRAME_BENCH_SMALL") == "1"
 SCALE = 10 if SMALL else 1
@@ -116,16 +117,6 @@ def bench_coreset(d: int = 512, n_lab: int = 1000, k: int = 1000):
     return x, lab
 
 
-def bench_kmeans(x: torch.Tensor, k: int = 1000, max_iter: int = 5):
-    k = k // SCALE
-    print(f"k-means sampling (scikit-learn KMeans, k-means++ init, n_init=1, max_iter={max_iter}), "
-          f"D={x.shape[1]}, query {k}:")
-    state = PoolState.create(1)
-    _, sec, peak = measure(lambda: KMeansSampling(max_iter=max_iter).query(
-        _outputs(x), state, k, np.random.default_rng(0)))
-    _row("alframe kmeans", x.shape[0], sec, peak, f"(embeddings: {x.numel() * 4 / 2**20:.0f} MiB)")
-
-
 def bench_badge(n: int = 20_000, c: int = 100, d: int = 512, k: int = 1000):
     n, k = n // SCALE, k // SCALE
     print(f"BADGE (factorised k-means++ on gradient embeddings), C={c}, D={d}, query {k}:")
@@ -142,8 +133,7 @@ def main():
     torch.manual_seed(0)
     print(f"torch threads: {torch.get_num_threads()}, load average: {os.getloadavg()[0]:.1f}"
           + ("  [ALFRAME_BENCH_SMALL: sizes / 10]" if SMALL else ""))
-    x, _ = bench_coreset()
-    bench_kmeans(x)
+    x, _ = bench_coreset()  # k-means sampling and TypiClust: benchmarks/bench_clustering.py
     del x
     gc.collect()
     bench_badge()

@@ -12,9 +12,9 @@ from alframe import protocols
 from alframe.config import ConfigError, validate_static
 from alframe.data.base import load_data
 from alframe.inference import evaluate
-from alframe.training import build_net, fit
 from alframe.protocols import FixedLengthSampler, scaled_weight_decay
 from alframe.state import PoolState
+from alframe.training import build_net, fit
 
 from .conftest import compose
 

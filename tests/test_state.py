@@ -87,11 +87,11 @@ def test_even_batches_cover_every_sample_once_per_epoch():
 
     from alframe.data.base import EvenBatchSampler
 
-    sampler = EvenBatchSampler(130, 128, torch.Generator().manual_seed(0))
+    sampler = EvenBatchSampler(130, 128, generator=torch.Generator().manual_seed(0))
     batches = list(sampler)
     assert [len(b) for b in batches] == [65, 65] and len(sampler) == 2
     assert sorted(i for b in batches for i in b) == list(range(130))
     assert [len(b) for b in EvenBatchSampler(70, 32)] == [24, 23, 23]
     assert [len(b) for b in EvenBatchSampler(64, 32)] == [32, 32]
-    again = list(EvenBatchSampler(130, 128, torch.Generator().manual_seed(0)))
+    again = list(EvenBatchSampler(130, 128, generator=torch.Generator().manual_seed(0)))
     assert again == batches  # seeded: the same epochs on resume

@@ -101,6 +101,7 @@ def test_parallel_first_use_of_a_fresh_sqlite_store(tmp_path):  # noqa: F811 (fi
 @pytest.mark.parametrize("launcher, target", [
     ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
     ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
 ])
 def test_launcher_configs_compose(launcher, target):
     from hydra import compose, initialize_config_dir
@@ -111,8 +112,10 @@ def test_launcher_configs_compose(launcher, target):
     assert "prepare_mlflow_store" in cfg.hydra.callbacks
     if launcher == "joblib":
         assert cfg.hydra.launcher.n_jobs == 2
-    else:
+    elif launcher == "submitit_slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
+    else:
+        assert cfg.hydra.launcher.cpus_per_task == 1 and cfg.hydra.launcher.gpus_per_node == 0
 
 
 def _run(tmp_path, store_path, *overrides):  # noqa: F811 (fixture)

@@ -129,50 +129,114 @@ def _image(ds: Dataset, i: int) -> torch.Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-class EvenBatchSampler(torch.utils.data.Sampler):
-    """Shuffled batches of near-equal size: ``ceil(n / batch_size)`` batches whose sizes differ
-    by at most one (130 samples with batch size 128 give 65 + 65, not 128 + 2).
+class EpochPermutation(torch.utils.data.RandomSampler):
+    """A ``RandomSampler`` without replacement that draws exactly one ``torch.randperm(n,
+    generator)`` per epoch (torch's own draws a second, unused permutation each epoch, which
+    would change the epochs of seeded runs saved before). Being a ``RandomSampler``, Lightning
+    recognises it as shuffled and uses a shuffling ``DistributedSampler`` on several devices.
+
+    Args:
+        data_source: the dataset (only ``len`` is used).
+        generator: torch generator (seeded for reproducible epochs; None = a fresh random seed).
+    """
+
+    def __init__(self, data_source, generator: torch.Generator | None = None):
+        super().__init__(data_source, generator=generator)
+
+    def __iter__(self):
+        gen = self.generator
+        if gen is None:
+            gen = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        yield from torch.randperm(len(self.data_source), generator=gen).tolist()
+
+
+class EvenBatchSampler(torch.utils.data.BatchSampler):
+    """Batches of near-equal size over the indices of ``sampler``: ``ceil(n / batch_size)``
+    batches whose sizes differ by at most one (130 samples with batch size 128 give 65 + 65,
+    not 128 + 2).
 
     A labelled set rarely fills its last batch; a last step on 2 samples is so noisy that it
     visibly dents budget curves, so training epochs use this sampler.
 
+    It is a :class:`torch.utils.data.BatchSampler` with the ``(sampler, batch_size, drop_last)``
+    signature, so Lightning can swap ``sampler`` for a ``DistributedSampler`` in a multi-device
+    run (``trainer.devices=N``): each rank then splits its own share of the indices evenly.
+
     Args:
-        n: dataset size (>= 1).
+        sampler: a sampler of indices (e.g. ``RandomSampler``), or an int ``n`` (>= 1) for a
+            shuffle of ``range(n)`` drawn from ``generator``.
         batch_size: largest batch (>= 1).
-        generator: torch generator for the shuffle (seeded for reproducible epochs).
+        drop_last: must be False (every labelled sample trains every epoch); accepted because
+            Lightning passes it when it re-creates the sampler.
+        generator: torch generator for the shuffle when ``sampler`` is an int (seeded for
+            reproducible epochs; the epoch's permutation is ``torch.randperm(n, generator)``).
+
+    Raises:
+        ValueError: ``n < 1``, ``batch_size < 1`` or ``drop_last=True``.
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None = None):
-        if n < 1 or batch_size < 1:
-            raise ValueError(f"EvenBatchSampler needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-        self.n, self.batch_size, self.generator = n, batch_size, generator
+    def __init__(self, sampler: torch.utils.data.Sampler | int, batch_size: int, drop_last: bool = False, *,
+                 generator: torch.Generator | None = None):
+        if isinstance(sampler, int):
+            if sampler < 1:
+                raise ValueError(f"EvenBatchSampler needs n >= 1, got n={sampler}")
+            sampler = EpochPermutation(range(sampler), generator=generator)
+        if int(batch_size) < 1:
+            raise ValueError(f"EvenBatchSampler needs batch_size >= 1, got batch_size={batch_size}")
+        if drop_last:
+            raise ValueError("EvenBatchSampler never drops samples: drop_last must be False")
+        super().__init__(sampler, int(batch_size), False)
+
+    @property
+    def n(self) -> int:
+        """Indices per epoch (``len(sampler)``)."""
+        return len(self.sampler)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
     def __iter__(self):
-        perm = torch.randperm(self.n, generator=self.generator).tolist()
-        base, extra = divmod(self.n, len(self))
+        order = list(self.sampler)  # one epoch of the (possibly distributed) sampler
+        if not order:
+            return
+        n_batches = -(-len(order) // self.batch_size)
+        base, extra = divmod(len(order), n_batches)
         start = 0
-        for b in range(len(self)):
+        for b in range(n_batches):
             size = base + (b < extra)
-            yield perm[start:start + size]
+            yield order[start:start + size]
             start += size
 
 
+def loader_workers(ds: Dataset) -> int:
+    """DataLoader worker processes for ``ds``: the ``num_workers`` of the dataset it wraps
+    (``LabelledView``/``IndexedImages`` -> ``base``), e.g. a lazy image folder's
+    ``dataset.num_workers``; 0 (load in the main process) for in-memory data."""
+    while ds is not None:
+        if hasattr(ds, "num_workers"):
+            return int(ds.num_workers)
+        ds = getattr(ds, "base", None)
+    return 0
+
+
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
-                num_workers: int = 0) -> torch.utils.data.DataLoader:
+                num_workers: int | None = None) -> torch.utils.data.DataLoader:
     """DataLoader that uses batched fetching where the dataset supports it.
 
     With ``shuffle=True`` (training) batches are reshuffled every epoch from ``seed`` and have
     near-equal sizes (:class:`EvenBatchSampler`); otherwise the order is kept.
+    ``num_workers`` None: :func:`loader_workers` of ``ds``; training loaders keep their
+    workers alive between epochs.
     """
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    workers = loader_workers(ds) if num_workers is None else int(num_workers)
     if shuffle and len(ds) > 0:
-        return torch.utils.data.DataLoader(ds, batch_sampler=EvenBatchSampler(len(ds), batch_size, gen),
-                                           num_workers=num_workers, collate_fn=_collate_batched)
+        sampler = EpochPermutation(ds, generator=gen)
+        return torch.utils.data.DataLoader(ds, batch_sampler=EvenBatchSampler(sampler, batch_size),
+                                           num_workers=workers, collate_fn=_collate_batched,
+                                           persistent_workers=workers > 0)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       num_workers=num_workers, collate_fn=_collate_batched)
+                                       num_workers=workers, collate_fn=_collate_batched)
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Users' own images: a labelled folder per class (``image_folder``) or an unlabelled folder
 (``unlabelled_folder``, the real annotation job).
 
-Every image is decoded once at load time (Pillow, converted to grey or RGB, resized and
-centre-cropped to ``image_size`` with ``transforms.v2``) into one in-memory uint8 tensor, then
-normalised. Files that cannot be decoded are therefore found before any training: they are
-reported by path, and either skipped (``skip_bad_files=true``) or stop the run with a
-:class:`~alframe.data.base.DatasetError` that lists them.
+Each image is decoded with Pillow, converted to grey or RGB, resized and centre-cropped to
+``image_size`` with ``transforms.v2`` and normalised. A folder whose images fit in memory
+(``cache=auto``, see :func:`alframe.data.lazy.use_cache`) is decoded once into one in-memory
+tensor; a larger one is decoded on access by DataLoader worker processes (``num_workers``,
+:class:`alframe.data.lazy.ImageFiles`). Either way every file is decoded once before any
+training: unreadable files are reported by path, and either skipped (``skip_bad_files=true``)
+or stop the run with a :class:`~alframe.data.base.DatasetError` that lists them.
 """
 
 from __future__ import annotations
@@ -18,29 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
 
 from alframe.data.base import ALData, DatasetError, TensorImageDataset, stratified_split
+from alframe.data.lazy import ImageDecoder, ImageFiles, LazyImages, scan_images, use_cache
 from alframe.data.transforms import channel_stats, to_float_normalised, train_transform
 
 log = logging.getLogger(__name__)
 
 #: lower-case file suffixes read as images
 EXTENSIONS = tuple(sorted(IMG_EXTENSIONS))
-
-
-def _size(image_size) -> tuple[int, int]:
-    if isinstance(image_size, int) or (isinstance(image_size, str) and image_size.isdigit()):
-        s = int(image_size)
-        hw = (s, s)
-    else:
-        hw = tuple(int(v) for v in image_size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"dataset.image_size must be a positive int or [height, width], got {image_size!r}")
-    return hw
 
 
 def read_images(paths: Sequence[str | Path], channels: int = 3, image_size: int | Sequence[int] = 64,
@@ -64,20 +54,12 @@ def read_images(paths: Sequence[str | Path], channels: int = 3, image_size: int 
     Raises:
         ValueError: ``channels`` not 1 or 3, or a bad ``image_size``.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"dataset.channels must be 1 (grey) or 3 (RGB), got {channels}")
-    hw = _size(image_size)
-    resize = v2.Compose([v2.Resize(min(hw) if crop else hw, antialias=True), v2.CenterCrop(hw)]) if crop \
-        else v2.Resize(hw, antialias=True)
-    mode = "L" if channels == 1 else "RGB"
+    decode = ImageDecoder(channels, image_size, crop)
+    hw = decode.hw
 
     def one(p):
         try:
-            with Image.open(p) as im:
-                im.load()
-                im = im.convert(mode)
-            t = v2.functional.pil_to_tensor(im)
-            return resize(t), None
+            return decode(p), None
         except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
             return None, f"{type(e).__name__}: {e}"
 
@@ -116,36 +98,62 @@ def _scan_class_folders(root: Path, what: str) -> ImageFolder:
                            f"(extensions {', '.join(EXTENSIONS)})") from e
 
 
-def _load_labelled(root: Path, what: str, channels, image_size, crop, workers, skip_bad_files):
+def _list_labelled(root: Path, what: str) -> ImageFolder:
     folder = _scan_class_folders(root, what)
     if not folder.samples:
         raise DatasetError(f"{what}={root}: the class folders {folder.classes} hold no image files "
                            f"(extensions {', '.join(EXTENSIONS)})")
+    return folder
+
+
+def _decode_all(paths, channels, image_size, crop, workers, lazy: bool, num_workers: int):
+    """``(images, ok, bad)``: images a uint8 tensor ``[M, C, H, W]`` (cached) or a
+    :class:`LazyImages` (checked, pixels not kept)."""
+    if lazy:
+        return scan_images(paths, ImageDecoder(channels, image_size, crop), num_workers)
+    return read_images(paths, channels, image_size, crop, workers)
+
+
+def _take(x, idx: np.ndarray):
+    return x.take(idx) if isinstance(x, LazyImages) else x[torch.as_tensor(idx)]
+
+
+def _as_dataset(x, y, decoder: ImageDecoder, mean, std, num_workers: int):
+    """The train/test dataset over decoded (tensor) or lazy images."""
+    if isinstance(x, LazyImages):
+        return ImageFiles(x.paths, y, decoder, mean, std, num_workers)
+    return TensorImageDataset(to_float_normalised(x, mean, std), y)
+
+
+def _load_labelled(root: Path, what: str, channels, image_size, crop, workers, skip_bad_files,
+                   lazy: bool = False, num_workers: int = 0, folder: ImageFolder | None = None):
+    folder = folder or _list_labelled(root, what)
     paths = [p for p, _ in folder.samples]
     y = np.asarray([c for _, c in folder.samples], dtype=np.int64)
-    x, ok, bad = read_images(paths, channels, image_size, crop, workers)
+    x, ok, bad = _decode_all(paths, channels, image_size, crop, workers, lazy, num_workers)
     _report_bad(bad, skip_bad_files, root)
     if not ok:
         raise DatasetError(f"{what}={root}: none of the {len(paths)} image files could be read")
     return x, y[ok], [paths[i] for i in ok], list(folder.classes), bad
 
 
-def _normalise(x_train: torch.Tensor, normalize: bool, mean, std):
+def _normalise(x_train, channels: int, normalize: bool, mean, std):
     if not normalize:
         return None, None
     if mean is not None or std is not None:
-        if mean is None or std is None or len(mean) != x_train.shape[1] or len(std) != x_train.shape[1]:
-            raise ValueError(f"dataset.mean and dataset.std must both be lists of {x_train.shape[1]} values "
+        if mean is None or std is None or len(mean) != channels or len(std) != channels:
+            raise ValueError(f"dataset.mean and dataset.std must both be lists of {channels} values "
                              f"(one per channel), got mean={mean!r}, std={std!r}")
         return [float(v) for v in mean], [float(v) for v in std]
-    return channel_stats(x_train)
+    return x_train.channel_stats() if isinstance(x_train, LazyImages) else channel_stats(x_train)
 
 
 def image_folder(root: str | Path, name: str = "image_folder", test_root: str | Path | None = None,
                  test_size: int | float = 0.2, val_size: int = 0, split_seed: int = 0,
                  image_size: int | Sequence[int] = 64, channels: int = 3, crop: bool = True,
                  normalize: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 skip_bad_files: bool = False, augment=None, workers: int = 4) -> ALData:
+                 skip_bad_files: bool = False, augment=None, workers: int = 4, cache: str | bool = "auto",
+                 cache_max_gb: float | None = None, num_workers: int = 0) -> ALData:
     """A labelled image folder ``root/<class_name>/*.jpg|png`` (torchvision ``ImageFolder``).
 
     Class names are the sub-folder names (sorted); they appear in queries.csv, the logs and the
@@ -168,7 +176,12 @@ def image_folder(root: str | Path, name: str = "image_folder", test_root: str | 
         skip_bad_files: leave unreadable/corrupt files out (each reported by path) instead of
             stopping with an error.
         augment: ``transforms.v2`` list for labelled training batches only.
-        workers: decoding threads.
+        workers: decoding threads of the in-memory (cached) load.
+        cache: ``auto`` (in memory when the float32 images fit in ``cache_max_gb``), ``true``
+            (always in memory) or ``false`` (decode on access, :class:`~alframe.data.lazy.ImageFiles`).
+        cache_max_gb: GiB the cache may take with ``cache=auto`` (None: half the memory available).
+        num_workers: DataLoader worker processes that decode a lazy folder (the check before
+            training, scoring, training, evaluation); 0 = the main process.
 
     Returns:
         ALData with images ``[channels, H, W] float32``; ``extras["paths"]`` (train source file
@@ -180,12 +193,20 @@ def image_folder(root: str | Path, name: str = "image_folder", test_root: str | 
         ValueError: bad sizes (e.g. a class too small to stratify).
     """
     root = Path(str(root)).expanduser()
-    x, y, paths, classes, bad = _load_labelled(root, "dataset.root", channels, image_size, crop, workers,
-                                               skip_bad_files)
+    decoder = ImageDecoder(channels, image_size, crop)
+    folder = _list_labelled(root, "dataset.root")
+    test_folder = None
     if test_root is not None:
         test_root = Path(str(test_root)).expanduser()
+        test_folder = _list_labelled(test_root, "dataset.test_root")
+    n_files = len(folder.samples) + (len(test_folder.samples) if test_folder is not None else 0)
+    lazy = not use_cache(cache, n_files, channels, decoder.hw, cache_max_gb)
+    x, y, paths, classes, bad = _load_labelled(root, "dataset.root", channels, image_size, crop, workers,
+                                               skip_bad_files, lazy, num_workers, folder)
+    if test_root is not None:
         x_te, y_te, test_paths, test_classes, bad_te = _load_labelled(test_root, "dataset.test_root", channels,
-                                                                      image_size, crop, workers, skip_bad_files)
+                                                                      image_size, crop, workers, skip_bad_files,
+                                                                      lazy, num_workers, test_folder)
         if test_classes != classes:
             raise DatasetError(f"dataset.test_root={test_root} has classes {test_classes}, but dataset.root has "
                                f"{classes}: both need the same class folders")
@@ -197,7 +218,7 @@ def image_folder(root: str | Path, name: str = "image_folder", test_root: str | 
         except ValueError as e:
             raise ValueError(f"dataset.test_size={test_size} cannot split {len(y)} images of {len(classes)} "
                              f"classes (class counts {np.bincount(y, minlength=len(classes)).tolist()}): {e}") from e
-        x_tr, y_tr, x_te, y_te = x[torch.as_tensor(tr)], y[tr], x[torch.as_tensor(te)], y[te]
+        x_tr, y_tr, x_te, y_te = _take(x, tr), y[tr], _take(x, te), y[te]
         train_paths, test_paths = [paths[i] for i in tr], [paths[i] for i in te]
     if not 0 <= int(val_size) <= len(y_tr) - 2:
         raise ValueError(f"dataset.val_size must lie in [0, {len(y_tr) - 2}] ({len(y_tr)} training images), "
@@ -206,14 +227,14 @@ def image_folder(root: str | Path, name: str = "image_folder", test_root: str | 
         val_idx = stratified_split(y_tr, int(val_size), split_seed + 1)[1] if val_size else np.empty(0, np.int64)
     except ValueError as e:
         raise ValueError(f"dataset.val_size={val_size} cannot be stratified over {len(classes)} classes: {e}") from e
-    m, s = _normalise(x_tr, normalize, mean, std)
-    train = TensorImageDataset(to_float_normalised(x_tr, m, s), y_tr)
-    test = TensorImageDataset(to_float_normalised(x_te, m, s), y_te)
+    m, s = _normalise(x_tr, channels, normalize, mean, std)
+    train = _as_dataset(x_tr, y_tr, decoder, m, s, num_workers)
+    test = _as_dataset(x_te, y_te, decoder, m, s, num_workers)
     return ALData(
         name=name, train=train, test=test, val_idx=val_idx, num_classes=len(classes), class_names=classes,
-        input_shape=tuple(train.x.shape[1:]), targets=y_tr, train_transform=train_transform(augment, m, s),
+        input_shape=(channels, *decoder.hw), targets=y_tr, train_transform=train_transform(augment, m, s),
         extras={"mean": m, "std": s, "paths": train_paths, "test_paths": test_paths, "skipped": bad,
-                "root": str(root), "files": relative_files(train_paths, root)},
+                "root": str(root), "files": relative_files(train_paths, root), "cached": not lazy},
     )
 
 
@@ -288,7 +309,8 @@ def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unl
                       image_size: int | Sequence[int] = 64, channels: int = 3, crop: bool = True,
                       normalize: bool = True, mean: Sequence[float] | None = None,
                       std: Sequence[float] | None = None, skip_bad_files: bool = False, augment=None,
-                      workers: int = 4) -> ALData:
+                      workers: int = 4, cache: str | bool = "auto", cache_max_gb: float | None = None,
+                      num_workers: int = 0) -> ALData:
     """An unlabelled image folder: the pool of a real annotation job.
 
     Every image file under ``root`` (searched recursively, sorted by path) is a pool sample;
@@ -304,8 +326,8 @@ def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unl
         seed_labels: optional CSV of labels already given.
         test_root: optional labelled folder ``test_root/<class>/*`` (class folders named as in
             ``classes``) used to measure accuracy; without it the test set is empty.
-        image_size, channels, crop, normalize, mean, std, skip_bad_files, augment, workers: as
-            for :func:`image_folder`.
+        image_size, channels, crop, normalize, mean, std, skip_bad_files, augment, workers, cache,
+            cache_max_gb, num_workers: as for :func:`image_folder`.
 
     Returns:
         ALData with ``targets=None``, no validation split, ``extras["paths"]`` (file of each index;
@@ -325,7 +347,14 @@ def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unl
     files = _image_files(root)
     if not files:
         raise DatasetError(f"dataset.root={root} holds no image files (extensions {', '.join(EXTENSIONS)})")
-    x, ok, bad = read_images(files, channels, image_size, crop, workers)
+    decoder = ImageDecoder(channels, image_size, crop)
+    test_folder = None
+    if test_root is not None:
+        test_root = Path(str(test_root)).expanduser()
+        test_folder = _list_labelled(test_root, "dataset.test_root")
+    n_files = len(files) + (len(test_folder.samples) if test_folder is not None else 0)
+    lazy = not use_cache(cache, n_files, channels, decoder.hw, cache_max_gb)
+    x, ok, bad = _decode_all(files, channels, image_size, crop, workers, lazy, num_workers)
     _report_bad(bad, skip_bad_files, root)
     if not ok:
         raise DatasetError(f"dataset.root={root}: none of the {len(files)} image files could be read")
@@ -334,27 +363,27 @@ def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unl
     seed_y = np.empty(0, np.int64)
     if seed_labels is not None:
         seed_idx, seed_y = read_seed_labels(Path(str(seed_labels)).expanduser(), root, paths, classes)
-    m, s = _normalise(x, normalize, mean, std)
-    train = TensorImageDataset(to_float_normalised(x, m, s))  # no stored labels: y all -1
+    m, s = _normalise(x, channels, normalize, mean, std)
+    train = _as_dataset(x, None, decoder, m, s, num_workers)  # no stored labels: y all -1
     test_paths: list[str] = []
     if test_root is not None:
-        test_root = Path(str(test_root)).expanduser()
         x_te, y_te, test_paths, test_classes, bad_te = _load_labelled(test_root, "dataset.test_root", channels,
-                                                                      image_size, crop, workers, skip_bad_files)
+                                                                      image_size, crop, workers, skip_bad_files,
+                                                                      lazy, num_workers, test_folder)
         unknown = sorted(set(test_classes) - set(classes))
         if unknown:
             raise DatasetError(f"dataset.test_root={test_root} has class folders {unknown} that are not in "
                                f"dataset.classes {classes}")
         y_te = np.asarray([classes.index(test_classes[c]) for c in y_te], dtype=np.int64)
-        test = TensorImageDataset(to_float_normalised(x_te, m, s), y_te)
+        test = _as_dataset(x_te, y_te, decoder, m, s, num_workers)
         bad = bad + bad_te
     else:
-        test = TensorImageDataset(torch.empty((0, *x.shape[1:])), np.empty(0, np.int64))
+        test = TensorImageDataset(torch.empty((0, channels, *decoder.hw)), np.empty(0, np.int64))
     return ALData(
         name=name, train=train, test=test, val_idx=np.empty(0, np.int64), num_classes=len(classes),
-        class_names=classes, input_shape=tuple(train.x.shape[1:]), targets=None,
+        class_names=classes, input_shape=(channels, *decoder.hw), targets=None,
         train_transform=train_transform(augment, m, s),
         extras={"mean": m, "std": s, "paths": paths, "test_paths": test_paths, "skipped": bad,
                 "seed_idx": seed_idx, "seed_labels": seed_y, "root": str(root),
-                "files": relative_files(paths, root)},
+                "files": relative_files(paths, root), "cached": not lazy},
     )
