@@ -43,7 +43,7 @@ from alframe.models.base import ALNet
 from alframe.oracle_session import OracleSession
 from alframe.oracles.base import Oracle
 from alframe.pseudo import PseudoLabeller
-from alframe.resume import resolve_run_dir
+from alframe.resume import check_same_data, resolve_run_dir, save_files_manifest
 from alframe.state import PendingRequest, PoolState, RunProgress, StateMismatchError
 from alframe.strategies.base import QueryStrategy, check_query
 from alframe.tracking import RunResult, Tracker, close_run, default_tracking_uri, start_run, write_queries_csv
@@ -115,7 +115,8 @@ class Experiment:
         self.run_dir = run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resuming:
-            self.state = PoolState.load(self.run_dir, expect={"dataset_fingerprint": self.data.fingerprint})
+            self.state = PoolState.load(self.run_dir)
+            check_same_data(self.run_dir, self.state.progress.dataset_fingerprint, self.data)
             if self.state.progress.config_fingerprint not in accepted:
                 raise StateMismatchError(
                     f"saved state in {self.run_dir} has config_fingerprint="
@@ -312,8 +313,9 @@ class Experiment:
                 **({"alframe.smoke": "true"} if cfg.get("smoke") else {})}
         tracker = start_run(uri, cfg.mlflow.experiment_name, p.run_id, cfg.mlflow.get("run_name"), tags,
                             OmegaConf.to_container(cfg, resolve=True), self.run_dir)
-        if p.run_id is None:
+        if p.run_id is None:  # a new run
             p.run_id, p.tracking_uri = tracker.run_id, uri
+            save_files_manifest(self.run_dir, self.data)
             self._save()
         return tracker
 

@@ -96,3 +96,51 @@ def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprints: set[str]) -> t
         raise ConfigError(f"loop.resume={resume!r}: no saved pool state (pool_state.npz) in that folder; "
                           "pass the run directory printed by the interrupted run, or loop.resume=true")
     return path, True
+
+
+#: the folder dataset's files and their content digests when the run started
+FILES_MANIFEST = "dataset_files.json"
+
+
+def save_files_manifest(run_dir: Path, data) -> None:
+    """Write ``dataset_files.json`` (``{relative path: content digest}``) of a folder dataset."""
+    from alframe.state import atomic_write
+
+    digests = data.extras.get("file_digests")
+    if digests:
+        atomic_write(Path(run_dir) / FILES_MANIFEST, lambda f: f.write(json.dumps(digests, indent=0).encode()))
+
+
+def check_same_data(run_dir: Path, saved_fingerprint: str, data) -> None:
+    """Refuse to resume on data other than the run's: for folder datasets, name the files
+    added, removed or changed since the run started.
+
+    Args:
+        saved_fingerprint: the dataset fingerprint saved with the pool state.
+        data: the loaded :class:`~alframe.data.base.ALData`.
+
+    Raises:
+        StateMismatchError: the data differs; nothing in the run folder was changed.
+    """
+    from alframe.state import StateMismatchError
+
+    run_dir = Path(run_dir)
+    manifest = run_dir / FILES_MANIFEST
+    if saved_fingerprint == data.fingerprint or (
+            not manifest.is_file() and saved_fingerprint == data.extras.get("fingerprint_without_files")):
+        return
+    digests = data.extras.get("file_digests")
+    if digests and manifest.is_file():
+        old = json.loads(manifest.read_text())
+        parts = [f"{what} {len(names)}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+                 for what, names in (("added", sorted(set(digests) - set(old))),
+                                     ("removed", sorted(set(old) - set(digests))),
+                                     ("changed", sorted(f for f in old if f in digests and old[f] != digests[f])))
+                 if names]
+        raise StateMismatchError(
+            f"the images of dataset {data.name!r} ({data.extras.get('root')}) changed since the run in {run_dir} "
+            f"started ({'; '.join(parts)}); the saved labels point at the old files, so nothing was changed. "
+            "Restore the folder as it was, or start a new run")
+    raise StateMismatchError(
+        f"saved state in {run_dir} has dataset_fingerprint={saved_fingerprint!r}, but this run has "
+        f"dataset_fingerprint={data.fingerprint!r}: it belongs to another dataset or configuration")

@@ -197,3 +197,28 @@ def test_eight_parallel_jobs_on_a_fresh_sqlite_store(tmp_path):
     assert len({r.info.run_id for r in runs}) == 8
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len({(r.data.tags["strategy"], r.data.tags["seed"]) for r in runs}) == 8
+
+
+# --------------------------------------------------------------------------- folder datasets
+def test_a_changed_image_folder_stops_the_resume_naming_the_files(tmp_path, store):
+    """Replace one image by another (same number of files), then rename one: the resume stops,
+    naming what changed, and the person's label files stay as they were."""
+    from .test_image_folder import write_unlabelled
+
+    root = tmp_path / "pool"
+    files = write_unlabelled(root)
+    over = ["dataset=unlabelled_folder", f"dataset.root={root}", "dataset.classes=[cat,dog,fish]",
+            "dataset.image_size=16", "oracle=files", "trainer.max_epochs=1", "loop.initial_size=4",
+            "loop.query_size=2", "loop.rounds=1"]
+    res = Experiment(compose(over, tmp_path), tmp_path / "job").run()
+    assert res.status == "pending"
+    before = (res.run_dir / "queries" / "round_0" / "labels.csv").read_bytes()
+    rel = [f.relative_to(root).as_posix() for f in files]
+    files[0].write_bytes(files[1].read_bytes())
+    resume = [*over, "loop.resume=true"]
+    with pytest.raises(StateMismatchError, match=rf"changed since the run .*\(changed 1: {rel[0]}\)"):
+        Experiment(compose(resume, tmp_path), tmp_path / "job")
+    files[2].rename(root / "renamed.png")
+    with pytest.raises(StateMismatchError, match=rf"added 1: renamed.png; removed 1: {rel[2]}; changed 1: {rel[0]}"):
+        Experiment(compose(resume, tmp_path), tmp_path / "job")
+    assert (res.run_dir / "queries" / "round_0" / "labels.csv").read_bytes() == before

@@ -10,6 +10,7 @@ so the only way a label reaches the model is through an oracle.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -257,7 +258,8 @@ class ALData:
             data set has no labels (a real annotation job).
         train_transform: augmentation for labelled training batches only (never used for
             pool scoring or evaluation).
-        fingerprint: identifies the data (name, sizes, split); saved with the pool state.
+        fingerprint: identifies the data (name, sizes, split, and for folders every file's path
+            and content); saved with the pool state.
     """
 
     name: str
@@ -280,6 +282,10 @@ class ALData:
             h.update(np.sort(self.val_idx).tobytes())
             if self.targets is not None:
                 h.update(np.asarray(self.targets, dtype=np.int64).tobytes())
+            if self.extras.get("file_digests"):  # folder datasets: which file, with which content
+                # alframe 0.1 did not hash the files: its run folders (no dataset_files.json) resume
+                self.extras["fingerprint_without_files"] = h.copy().hexdigest()[:16]
+                h.update(json.dumps(self.extras["file_digests"], sort_keys=False).encode())
             self.fingerprint = h.hexdigest()[:16]
 
     @property

@@ -13,6 +13,7 @@ or stop the run with a :class:`~alframe.data.base.DatasetError` that lists them.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -234,7 +235,8 @@ def image_folder(root: str | Path, name: str = "image_folder", test_root: str | 
         name=name, train=train, test=test, val_idx=val_idx, num_classes=len(classes), class_names=classes,
         input_shape=(channels, *decoder.hw), targets=y_tr, train_transform=train_transform(augment, m, s),
         extras={"mean": m, "std": s, "paths": train_paths, "test_paths": test_paths, "skipped": bad,
-                "root": str(root), "files": relative_files(train_paths, root), "cached": not lazy},
+                "root": str(root), "files": relative_files(train_paths, root), "cached": not lazy,
+                "file_digests": file_digests(train_paths, root)},
     )
 
 
@@ -245,6 +247,24 @@ def relative_files(paths: Sequence[str], root: Path) -> list[str]:
     for p in paths:
         q = Path(p).resolve()
         out.append(q.relative_to(base).as_posix() if q.is_relative_to(base) else q.as_posix())
+    return out
+
+
+def file_digests(paths: Sequence[str], root: Path) -> dict[str, str]:
+    """``{path relative to root: BLAKE2b-128 of the file's bytes}`` for the train source: the
+    dataset fingerprint covers which images a run's indices point at, so a replaced, added or
+    removed file is noticed on resume (:func:`alframe.resume.folder_changes`).
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    out = {}
+    for rel, p in zip(relative_files(paths, root), paths, strict=True):
+        h = hashlib.blake2b(digest_size=16)
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[rel] = h.hexdigest()
     return out
 
 
@@ -385,5 +405,5 @@ def unlabelled_folder(root: str | Path, classes: Sequence[str], name: str = "unl
         train_transform=train_transform(augment, m, s),
         extras={"mean": m, "std": s, "paths": paths, "test_paths": test_paths, "skipped": bad,
                 "seed_idx": seed_idx, "seed_labels": seed_y, "root": str(root),
-                "files": relative_files(paths, root), "cached": not lazy},
+                "files": relative_files(paths, root), "cached": not lazy, "file_digests": file_digests(paths, root)},
     )
