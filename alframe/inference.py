@@ -36,7 +36,6 @@ class ModelOutputs:
         probs: ``[M, C] float32`` or None.
         mc_probs: ``[M, T, C] float32`` or None.
         embeddings: ``[M, D] float32`` or None.
-        labelled_idx: ``[L] int64`` absolute indices of the labelled set, or None.
         labelled_embeddings: ``[L, D] float32`` or None.
     """
 
@@ -44,7 +43,6 @@ class ModelOutputs:
     probs: torch.Tensor | None = None
     mc_probs: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
-    labelled_idx: np.ndarray | None = None
     labelled_embeddings: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -114,8 +112,7 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
         if "labelled_embeddings" in requires:
             if labelled_idx is None:
                 raise ValueError("'labelled_embeddings' requires labelled_idx")
-            out.labelled_idx = np.asarray(labelled_idx, dtype=np.int64)
-            out.labelled_embeddings = _score(net, dataset, out.labelled_idx, {"embeddings"}, 1,
+            out.labelled_embeddings = _score(net, dataset, np.asarray(labelled_idx, dtype=np.int64), {"embeddings"}, 1,
                                              batch_size, device)["embeddings"]
     finally:
         net.train(was_training)

@@ -251,7 +251,7 @@ class Experiment:
                                       else None)
             score_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            chosen = np.asarray(self.strategy.query(outputs, state, k, rng), dtype=np.int64)
+            chosen = np.asarray(self.strategy.query(outputs, k, rng), dtype=np.int64)
             query_s = time.perf_counter() - t0
         check_query(chosen, candidates, state, k, self.strategy.name)
         faults.point("query_done")

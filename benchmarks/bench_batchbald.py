@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from alframe.inference import ModelOutputs
-from alframe.state import PoolState
 from alframe.strategies.batch import BatchBALD
 
 N = int(os.environ.get("ALFRAME_BENCH_CANDIDATES", 2000))
@@ -43,7 +42,7 @@ def mc_probs(seed: int = 0) -> torch.Tensor:
 
 def alframe_picks(p: torch.Tensor) -> list[int]:
     out = ModelOutputs(idx=np.arange(len(p)), mc_probs=p)
-    return BatchBALD(mc_samples=T, num_samples=SAMPLES).query(out, PoolState.create(len(p)), K,
+    return BatchBALD(mc_samples=T, num_samples=SAMPLES).query(out, K,
                                                                np.random.default_rng(0)).tolist()
 
 

@@ -21,7 +21,6 @@ import faiss
 import numpy as np
 import torch
 
-from alframe.state import PoolState
 from alframe.strategies.diversity import KMeansSampling, TypiClust, min_sq_distances, nearest_members
 from benchmarks.bench_strategies import SCALE, SMALL, _outputs, _row, clustered, measure  # noqa: F401
 
@@ -41,20 +40,19 @@ def bench_kmeans(x: torch.Tensor, k: int = 1000):
     xn = x.numpy()
     print(f"k-means, D={x.shape[1]}, k={k} (faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
           f"scikit-learn KMeans k-means++, n_init=1, max_iter=300):")
-    state = PoolState.create(1)
     ours, sec, peak = measure(lambda: kmeans(xn, k, 20, np.random.default_rng(0)))
     _row("alframe k-means (faiss, 20 iter)", x.shape[0], sec, peak, f"inertia {ours.inertia:.6g}")
     sk, sk_sec, sk_peak = measure(lambda: KMeans(k, n_init=1, max_iter=300, random_state=0).fit(xn))
     _row("scikit-learn KMeans", x.shape[0], sk_sec, sk_peak,
          f"inertia {sk.inertia_:.6g} ({sk.n_iter_} iter) -> faiss/sklearn inertia {ours.inertia / sk.inertia_:.4f}, "
          f"{sk_sec / sec:.0f}x faster")
-    picks, sec, peak = measure(lambda: KMeansSampling().query(_outputs(x), state, k, np.random.default_rng(0)))
+    picks, sec, peak = measure(lambda: KMeansSampling().query(_outputs(x), k, np.random.default_rng(0)))
     sk_picks = nearest_members(xn, sk.labels_.astype(np.int64), sk.cluster_centers_.astype(np.float32))
     ratio = pick_inertia(x, picks) / pick_inertia(x, sk_picks)
     _row("alframe kmeans strategy", x.shape[0], sec, peak,
          f"{len(set(picks.tolist()))} distinct picks; coverage of the picks vs sklearn's picks {ratio:.4f}")
     typ = TypiClust(max_clusters=k)
-    picks, sec, peak = measure(lambda: typ.query(_outputs(x, x[:0]), state, k, np.random.default_rng(0)))
+    picks, sec, peak = measure(lambda: typ.query(_outputs(x, x[:0]), k, np.random.default_rng(0)))
     _row("alframe typiclust (k clusters)", x.shape[0], sec, peak, f"{len(set(picks.tolist()))} distinct picks")
 
 

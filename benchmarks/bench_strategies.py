@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from alframe.inference import ModelOutputs
-from alframe.state import PoolState
 from alframe.strategies.diversity import BADGE, CoreSet
 
 SMALL = os.environ.get("ALFRAME_BENCH_SMALL") == "1"
@@ -96,20 +95,19 @@ def _row(name, n, sec, peak, note=""):
 def bench_coreset(d: int = 512, n_lab: int = 1000, k: int = 1000):
     n_full, n_naive = 50_000 // SCALE, 20_000 // SCALE
     n_lab, k = n_lab // SCALE, k // SCALE
-    state = PoolState.create(1)
     lab = clustered(n_lab, d, seed=1)
     print(f"Core-set (k-center greedy), D={d}, labelled {n_lab}, query {k}:")
     x = clustered(n_naive, d, seed=0)
     picks_naive, t_naive, m_naive = measure(lambda: naive_coreset(x, lab, k))
     _row("naive full (N+L)^2 matrix", n_naive, t_naive, m_naive)
-    picks, t_chunk, m_chunk = measure(lambda: CoreSet().query(_outputs(x, lab), state, k, np.random.default_rng(0)))
+    picks, t_chunk, m_chunk = measure(lambda: CoreSet().query(_outputs(x, lab), k, np.random.default_rng(0)))
     same = np.mean(np.asarray(picks) == picks_naive)
     _row("alframe coreset (chunked)", n_naive, t_chunk, m_chunk,
          f"time {t_naive / t_chunk:.1f}x faster, {m_naive / max(m_chunk, 1):.0f}x less memory; "
          f"same picks {same:.0%}")
     del x
     x = clustered(n_full, d, seed=0)
-    _, t_full, m_full = measure(lambda: CoreSet().query(_outputs(x, lab), state, k, np.random.default_rng(0)))
+    _, t_full, m_full = measure(lambda: CoreSet().query(_outputs(x, lab), k, np.random.default_rng(0)))
     scale = ((n_full + n_lab) / (n_naive + n_lab)) ** 2
     _row("alframe coreset (chunked)", n_full, t_full, m_full,
          f"naive extrapolated: ~{t_naive * scale:.0f} s, {(n_full + n_lab) ** 2 * 4 / 2**30:.1f} GiB matrix "
@@ -123,8 +121,7 @@ def bench_badge(n: int = 20_000, c: int = 100, d: int = 512, k: int = 1000):
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(n, c, generator=g) * 3, dim=1)
     h = clustered(n, d, seed=2)
-    state = PoolState.create(1)
-    _, sec, peak = measure(lambda: BADGE().query(_outputs(h, probs=probs), state, k, np.random.default_rng(0)))
+    _, sec, peak = measure(lambda: BADGE().query(_outputs(h, probs=probs), k, np.random.default_rng(0)))
     _row("alframe badge (factorised)", n, sec, peak,
          f"(explicit gradient matrix N x C*D would be {n * c * d * 4 / 2**30:.1f} GiB in float32)")
 

@@ -15,7 +15,6 @@ from alframe.data.base import TensorImageDataset
 from alframe.inference import ConsistentMasks, compute_outputs
 from alframe.models.base import ALNet
 from alframe.models.cnn import BatchBALDCNN, GalCNN
-from alframe.state import PoolState
 from alframe.strategies.batch import BatchBALD
 
 from .conftest import CONFIG_DIR
@@ -57,9 +56,8 @@ def test_copy_of_a_chosen_point_adds_exactly_zero_joint_information_under_consis
     assert bb.joint_mutual_information(mc[[A, COPY]]) - i_a == pytest.approx(0.0, abs=1e-12)
     assert bb.joint_mutual_information(mc[[A, C]]) - i_a > 0.4  # an independent point does add
     # BatchBALD never takes both copies while anything informative is left
-    state = PoolState.create(4)
     picks = BatchBALD(mc_samples=64).query(
-        compute_like(mc), state, 3, np.random.default_rng(0))
+        compute_like(mc), 3, np.random.default_rng(0))
     assert picks.tolist() == [A, C, B]
 
 
@@ -68,7 +66,7 @@ def test_with_masks_per_point_the_copy_looks_informative_and_is_picked():
     bb = BatchBALD(mc_samples=64)
     assert not torch.equal(mc[A], mc[COPY])
     assert bb.joint_mutual_information(mc[[A, COPY]]) - bb.joint_mutual_information(mc[[A]]) > 0.8
-    picks = bb.query(compute_like(mc), PoolState.create(4), 2, np.random.default_rng(0))
+    picks = bb.query(compute_like(mc), 2, np.random.default_rng(0))
     assert sorted(picks.tolist()) == [A, COPY]
 
 

@@ -56,13 +56,13 @@ def test_batchbald_batch_of_one_is_bald_top1(seed):
     mc = random_mc(40, 8, 4, seed)
     idx = np.random.default_rng(seed).permutation(np.arange(100, 140))  # unsorted absolute indices
     out = ModelOutputs(idx=idx, mc_probs=mc)
-    assert BatchBALD().query(out, state(), 1, rng()).tolist() == BALD().query(out, state(), 1, rng()).tolist()
+    assert BatchBALD().query(out, 1, rng()).tolist() == BALD().query(out, 1, rng()).tolist()
 
 
 def test_batchbald_greedy_steps_maximise_brute_force_joint_mi():
     mc = random_mc(12, 6, 3, 5)
     out = ModelOutputs(idx=np.arange(12), mc_probs=mc)
-    picks = BatchBALD().query(out, state(), 3, rng()).tolist()
+    picks = BatchBALD().query(out, 3, rng()).tolist()
     assert picks[0] == int(torch.argmax(mc_mutual_information(mc)))
     for step in (1, 2):
         best = max((j for j in range(12) if j not in picks[:step]), key=lambda j: joint_mi(mc, picks[:step] + [j]))
@@ -79,8 +79,8 @@ def test_batchbald_skips_identical_copy_for_distinct_informative_point():
     out = ModelOutputs(idx=np.array([7, 8, 9, 10]), mc_probs=mc)
     bald = BALD().score(out)
     assert bald[0] == bald[1] > bald[2] > bald[3]
-    assert BALD().query(out, state(), 2, rng()).tolist() == [7, 8]  # top-k takes both copies
-    assert BatchBALD(mc_samples=4).query(out, state(), 2, rng()).tolist() == [7, 9]
+    assert BALD().query(out, 2, rng()).tolist() == [7, 8]  # top-k takes both copies
+    assert BatchBALD(mc_samples=4).query(out, 2, rng()).tolist() == [7, 9]
 
 
 def test_batchbald_sampled_joint_entropy_matches_exact():
@@ -103,8 +103,8 @@ def test_batchbald_sampled_path_in_a_query_is_seeded_and_sane():
     mc = random_mc(30, 10, 5, 3)
     out = ModelOutputs(idx=np.arange(30), mc_probs=mc)
     s = BatchBALD(mc_samples=10, num_samples=30)  # sampled from the 3rd pick on (5^3 > 30)
-    a = s.query(out, state(), 6, rng(4))
-    assert a.tolist() == s.query(out, state(), 6, rng(4)).tolist()
+    a = s.query(out, 6, rng(4))
+    assert a.tolist() == s.query(out, 6, rng(4)).tolist()
     assert len(set(a.tolist())) == 6
     assert a[0] == int(torch.argmax(mc_mutual_information(mc)))
 
@@ -115,7 +115,7 @@ def test_batchbald_finite_with_hard_zero_one_probabilities():
     mc[2, 2:, 0], mc[2, 2:, 1] = 0, 1
     mc[4, :, :] = 1 / 3
     out = ModelOutputs(idx=np.arange(5), mc_probs=mc)
-    picks = BatchBALD(mc_samples=4, num_samples=4).query(out, state(), 5, rng())
+    picks = BatchBALD(mc_samples=4, num_samples=4).query(out, 5, rng())
     assert picks[0] == 2 and sorted(picks.tolist()) == [0, 1, 2, 3, 4]
 
 
@@ -126,8 +126,8 @@ def test_stochastic_tends_to_top_k_as_temperature_goes_to_zero(mode):
     probs = torch.softmax(torch.randn(200, 5, generator=g), 1)
     out = ModelOutputs(idx=np.arange(1000, 1200), probs=probs)
     from alframe.strategies import Entropy
-    top = set(Entropy().query(out, state(1200), 10, rng()).tolist())
-    overlap = {b: np.mean([len(top & set(PowerEntropy(mode=mode, beta=b).query(out, state(1200), 10, rng(s))
+    top = set(Entropy().query(out, 10, rng()).tolist())
+    overlap = {b: np.mean([len(top & set(PowerEntropy(mode=mode, beta=b).query(out, 10, rng(s))
                                                   .tolist())) for s in range(20)]) for b in (0.0, 1.0, 1e9)}
     assert overlap[1e9] == 10  # beta -> inf (temperature -> 0): exactly top-k
     assert overlap[0.0] < overlap[1.0] < 10 or (mode == "softmax" and overlap[0.0] <= overlap[1.0])
@@ -140,7 +140,7 @@ def test_power_sampling_probability_follows_score_power():
     h = -(p * p.log()).sum(1).numpy()
     expect = h[0] ** 2 / (h[0] ** 2 + h[1] ** 2)
     out = ModelOutputs(idx=np.array([3, 4]), probs=p)
-    draws = np.array([s.query(out, state(), 1, rng(i))[0] for i in range(3000)])
+    draws = np.array([s.query(out, 1, rng(i))[0] for i in range(3000)])
     freq = np.mean(draws == 3)
     assert abs(freq - expect) < 4 * math.sqrt(expect * (1 - expect) / 3000)
 
@@ -148,8 +148,8 @@ def test_power_sampling_probability_follows_score_power():
 def test_power_bald_uses_bald_and_validates():
     mc = random_mc(50, 6, 3, 2)
     out = ModelOutputs(idx=np.arange(50), mc_probs=mc)
-    top = BALD().query(out, state(), 5, rng()).tolist()
-    assert PowerBALD(beta=1e9).query(out, state(), 5, rng(3)).tolist() == top
+    top = BALD().query(out, 5, rng()).tolist()
+    assert PowerBALD(beta=1e9).query(out, 5, rng(3)).tolist() == top
     assert PowerBALD().requires == {"mc_probs"} and PowerEntropy().requires == {"probs"}
     assert PowerEntropy(mc_samples=5).requires == {"mc_probs"}
     with pytest.raises(ValueError, match="mode"):
@@ -163,10 +163,9 @@ def test_k_center_greedy_hand_computed_order():
     labelled = torch.tensor([[0.0, 0.0]])
     pts = torch.tensor([[1.0, 0.0], [4.0, 0.0], [0.0, 3.0], [4.0, 4.0], [-2.0, 0.0]])
     # min distances to (0,0): 1, 4, 3, 5.66, 2 -> D; then B (4 from (0,0)), C (3), E (2), A (1)
-    out = ModelOutputs(idx=np.array([20, 21, 22, 23, 24]), embeddings=pts, labelled_embeddings=labelled,
-                       labelled_idx=np.array([0]))
-    assert CoreSet().query(out, state(), 5, rng()).tolist() == [23, 21, 22, 24, 20]
-    assert CoreSet(chunk_rows=2).query(out, state(), 3, rng()).tolist() == [23, 21, 22]
+    out = ModelOutputs(idx=np.array([20, 21, 22, 23, 24]), embeddings=pts, labelled_embeddings=labelled)
+    assert CoreSet().query(out, 5, rng()).tolist() == [23, 21, 22, 24, 20]
+    assert CoreSet(chunk_rows=2).query(out, 3, rng()).tolist() == [23, 21, 22]
 
 
 def test_min_sq_distances_chunked_equals_direct():
@@ -187,11 +186,11 @@ def test_kmeans_picks_the_member_nearest_each_centre():
     ring = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.1, 0.1]])  # centre-ish point last
     pts = np.concatenate([c + ring for c in centres])
     out = ModelOutputs(idx=np.arange(50, 65), embeddings=torch.tensor(pts, dtype=torch.float32))
-    picks = KMeansSampling().query(out, state(), 3, rng())
+    picks = KMeansSampling().query(out, 3, rng())
     assert sorted(picks.tolist()) == [54, 59, 64]
     # duplicates: 2 distinct points, k = 4 -> empty clusters filled with unused rows
     dup = ModelOutputs(idx=np.arange(6), embeddings=torch.tensor([[0.0, 0]] * 3 + [[5.0, 5]] * 3))
-    assert len(set(KMeansSampling().query(dup, state(), 4, rng()).tolist())) == 4
+    assert len(set(KMeansSampling().query(dup, 4, rng()).tolist())) == 4
 
 
 # ---------------------------------------------------------------- BADGE
@@ -210,7 +209,7 @@ def test_badge_first_centre_and_d2_sampling_match_explicit_gradients():
     d2 = (grads - grads[first]).square().sum(1).numpy()
     expect = d2 / d2.sum()
     out = ModelOutputs(idx=np.arange(5), probs=p.float(), embeddings=h.float())
-    draws = np.array([BADGE().query(out, state(), 2, rng(i)) for i in range(2000)])
+    draws = np.array([BADGE().query(out, 2, rng(i)) for i in range(2000)])
     assert (draws[:, 0] == first).all()
     freq = np.bincount(draws[:, 1], minlength=5) / len(draws)
     assert freq[first] == 0
@@ -227,13 +226,13 @@ def test_badge_no_duplicates_and_uncovered_cluster_near_origin():
     ha = torch.randn(30, 4, generator=g) * 0.3
     out = ModelOutputs(idx=np.arange(100, 160), probs=torch.cat([pb, pa]), embeddings=torch.cat([hb, ha]))
     for seed in range(5):
-        picks = BADGE().query(out, state(), 6, rng(seed))
+        picks = BADGE().query(out, 6, rng(seed))
         assert len(set(picks.tolist())) == 6
         assert picks[0] == 100  # first centre from the data: the largest gradient norm (first of the copies)
         assert np.sum(picks < 130) == 1  # one copy of B, then only A: duplicates have distance 0
     # all rows identical: still k distinct indices
     same = ModelOutputs(idx=np.arange(10), probs=pb[:10].clone(), embeddings=hb[:10].clone())
-    assert sorted(BADGE().query(same, state(), 10, rng()).tolist()) == list(range(10))
+    assert sorted(BADGE().query(same, 10, rng()).tolist()) == list(range(10))
 
 
 # ---------------------------------------------------------------- TypiClust
@@ -254,13 +253,13 @@ def test_typiclust_picks_most_typical_point_of_largest_uncovered_cluster():
     emb = np.concatenate([big, mid, cov])
     lab = np.array([[0.0, 30.5], [0.5, 30.0]])
     out = ModelOutputs(idx=np.arange(115), embeddings=torch.tensor(emb, dtype=torch.float32),
-                       labelled_idx=np.array([200, 201]), labelled_embeddings=torch.tensor(lab, dtype=torch.float32))
+                       labelled_embeddings=torch.tensor(lab, dtype=torch.float32))
     s = TypiClust(max_clusters=3)
-    assert s.query(out, state(300), 1, rng()).tolist() == [most_typical(big)]
+    assert s.query(out, 1, rng()).tolist() == [most_typical(big)]
     # k = 2: both uncovered blobs, largest first, before the covered one
-    assert s.query(out, state(300), 2, rng()).tolist() == [most_typical(big), 40 + most_typical(mid)]
+    assert s.query(out, 2, rng()).tolist() == [most_typical(big), 40 + most_typical(mid)]
     # k = 4: the third pick comes from the covered blob, the fourth from the big blob again
-    picks = s.query(out, state(300), 4, rng()).tolist()
+    picks = s.query(out, 4, rng()).tolist()
     assert picks[2] >= 65 and picks[3] < 40
 
 
@@ -273,9 +272,9 @@ def test_cluster_margin_takes_low_margin_points_across_clusters():
                      torch.randn(20, 2, generator=torch.Generator().manual_seed(0))])
     out = ModelOutputs(idx=np.arange(26), probs=torch.cat([low, high]), embeddings=emb)
     for seed in range(5):
-        picks = ClusterMargin(margin_factor=3).query(out, state(), 2, rng(seed)).tolist()
+        picks = ClusterMargin(margin_factor=3).query(out, 2, rng(seed)).tolist()
         assert picks[0] in (4, 5) and picks[1] in (0, 1, 2, 3)  # smallest cluster first, then the other
-    picks = ClusterMargin(margin_factor=1).query(out, state(), 6, rng()).tolist()
+    picks = ClusterMargin(margin_factor=1).query(out, 6, rng()).tolist()
     assert sorted(picks) == list(range(6))
     with pytest.raises(ValueError, match="margin_factor"):
         ClusterMargin(margin_factor=0.5)

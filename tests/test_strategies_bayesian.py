@@ -65,8 +65,8 @@ def test_bald_known_value_and_ranking():
     expect = h((a + b) / 2) - (h(a) + h(b)) / 2
     np.testing.assert_allclose(BALD().score(out(mc)), [expect, 0.0], rtol=1e-12)
     # BALD prefers disagreement, MC entropy prefers the uniform (but agreeing) prediction
-    assert BALD().query(out(mc), state(), 1, np.random.default_rng(0)).tolist() == [10]
-    assert MCEntropy().query(out(mc), state(), 1, np.random.default_rng(0)).tolist() == [11]
+    assert BALD().query(out(mc), 1, np.random.default_rng(0)).tolist() == [10]
+    assert MCEntropy().query(out(mc), 1, np.random.default_rng(0)).tolist() == [11]
 
 
 def test_mutual_information_matches_definition_on_random_input():
@@ -89,8 +89,8 @@ def test_inputs_unchanged_and_deterministic():
     mc = torch.softmax(torch.randn(12, 5, 3, generator=g), dim=2)
     keep = mc.clone()
     for cls in MC_CLASSES:
-        a = cls().query(out(mc), state(), 4, np.random.default_rng(0))
-        b = cls().query(out(mc), state(), 4, np.random.default_rng(99))
+        a = cls().query(out(mc), 4, np.random.default_rng(0))
+        b = cls().query(out(mc), 4, np.random.default_rng(99))
         assert a.tolist() == b.tolist()
         assert torch.equal(mc, keep)
 

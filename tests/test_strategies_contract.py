@@ -107,10 +107,10 @@ def test_strategy_contract(path, m, k):
     candidates = np.random.default_rng(m).choice(pool, size=m, replace=False)
     outputs = make_outputs(candidates, strategy.mc_samples, strategy.requires)
     before = snapshot(outputs, state)
-    first = strategy.query(outputs, state, k, np.random.default_rng(123))
+    first = strategy.query(outputs, k, np.random.default_rng(123))
     check(first, candidates, state, k)
     assert_same(snapshot(outputs, state), before)  # inputs not modified
-    again = build(path).query(outputs, state, k, np.random.default_rng(123))
+    again = build(path).query(outputs, k, np.random.default_rng(123))
     assert np.asarray(first).tolist() == np.asarray(again).tolist(), "not deterministic under a seed"
 
 
@@ -123,7 +123,7 @@ def test_strategy_with_empty_labelled_set(path):
     outputs = make_outputs(candidates, strategy.mc_samples, strategy.requires)
     if "labelled_embeddings" in strategy.requires:
         outputs.labelled_embeddings = torch.zeros(0, D)
-    check(strategy.query(outputs, state, 5, np.random.default_rng(0)), candidates, state, 5)
+    check(strategy.query(outputs, 5, np.random.default_rng(0)), candidates, state, 5)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -132,4 +132,4 @@ def test_strategy_rejects_bad_k(path):
     state = make_state()
     outputs = make_outputs(state.pool_idx[:10], strategy.mc_samples, strategy.requires)
     with pytest.raises(ValueError, match="k"):
-        strategy.query(outputs, state, 0, np.random.default_rng(0))
+        strategy.query(outputs, 0, np.random.default_rng(0))

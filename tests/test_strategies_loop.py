@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from hydra.utils import get_class
 
+from alframe.state import PoolState
+
 from .conftest import compose
 from .test_end_to_end import read_queries
 
@@ -23,15 +25,16 @@ def test_strategy_in_loop_honours_pool_subset(name, extra, run, tmp_path, monkey
     calls = []
     original = cls.query
 
-    def spy(self, outputs, state, k, rng):
-        chosen = original(self, outputs, state, k, rng)
-        calls.append((outputs, state.labelled_idx.copy(), np.asarray(chosen)))
+    def spy(self, outputs, k, rng):
+        chosen = original(self, outputs, k, rng)
+        calls.append((outputs, np.asarray(chosen)))
         return chosen
 
     monkeypatch.setattr(cls, "query", spy)
     res = run(f"strategy={name}", "loop.pool_subset=60", "loop.rounds=1", *extra)
     assert len(calls) == 1
-    outputs, labelled, chosen = calls[0]
+    outputs, chosen = calls[0]
+    labelled = np.flatnonzero(PoolState.load(res.run_dir).labelled_round == 0)  # labelled when round 1 was scored
     assert len(outputs.idx) == 60
     assert set(chosen.tolist()) <= set(outputs.idx.tolist()) and len(set(chosen.tolist())) == 10
     assert not set(outputs.idx.tolist()) & set(labelled.tolist())

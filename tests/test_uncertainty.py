@@ -35,19 +35,19 @@ def rng():
 
 def test_least_confidence_picks_lowest_max_probability():
     np.testing.assert_allclose(LeastConfidence().score(outputs()), [0.1, 0.5, 0.66, 0.4, 0.6])
-    assert LeastConfidence().query(outputs(), state(), 2, rng()).tolist() == [12, 14]
+    assert LeastConfidence().query(outputs(), 2, rng()).tolist() == [12, 14]
 
 
 def test_margin_picks_smallest_top1_minus_top2_gap():
     np.testing.assert_allclose(Margin().score(outputs()), [-0.85, -0.05, -0.01, -0.40, 0.0], atol=1e-12)
-    assert Margin().query(outputs(), state(), 3, rng()).tolist() == [14, 12, 11]
+    assert Margin().query(outputs(), 3, rng()).tolist() == [14, 12, 11]
 
 
 def test_entropy_matches_hand_computed_values():
     p = PROBS.double().numpy()
     expected = -(p * np.log(p)).sum(1)
     np.testing.assert_allclose(Entropy().score(outputs()), expected, rtol=1e-12)
-    assert Entropy().query(outputs(), state(), 1, rng()).tolist() == [12]
+    assert Entropy().query(outputs(), 1, rng()).tolist() == [12]
 
 
 def test_entropy_is_finite_with_exact_zeros():
@@ -59,7 +59,7 @@ def test_ties_are_broken_by_smaller_index_whatever_the_input_order():
     idx = np.array([7, 3, 5, 1])
     assert top_k(np.array([1.0, 1.0, 2.0, 1.0]), idx, 3).tolist() == [5, 1, 3]
     same = ModelOutputs(idx=np.array([9, 4, 6]), probs=torch.full((3, 4), 0.25))
-    assert Entropy().query(same, state(), 2, rng()).tolist() == [4, 6]
+    assert Entropy().query(same, 2, rng()).tolist() == [4, 6]
 
 
 def test_top_k_rejects_nan_and_bad_k():
@@ -70,12 +70,12 @@ def test_top_k_rejects_nan_and_bad_k():
 
 
 def test_k_larger_than_candidates_returns_all_candidates():
-    assert sorted(Margin().query(outputs(), state(), 50, rng()).tolist()) == IDX.tolist()
+    assert sorted(Margin().query(outputs(), 50, rng()).tolist()) == IDX.tolist()
 
 
 def test_random_is_seeded_unique_and_within_candidates():
-    a = RandomSampling().query(outputs(), state(), 3, np.random.default_rng(5))
-    b = RandomSampling().query(outputs(), state(), 3, np.random.default_rng(5))
+    a = RandomSampling().query(outputs(), 3, np.random.default_rng(5))
+    b = RandomSampling().query(outputs(), 3, np.random.default_rng(5))
     assert a.tolist() == b.tolist() and len(set(a.tolist())) == 3 and set(a.tolist()) <= set(IDX.tolist())
 
 

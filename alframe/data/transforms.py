@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 from torchvision.transforms import v2
 
 
@@ -106,11 +106,3 @@ def train_transform(augment, mean: Sequence[float] | None, std: Sequence[float] 
     undo = v2.Normalize(mean=(-m / s).tolist(), std=(1.0 / s).tolist())
     return v2.Compose([undo, *steps, v2.Normalize(mean=list(mean), std=list(std))])
 
-
-def as_list(value) -> list | None:
-    """A config list (ListConfig) as a plain list; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return list(value)

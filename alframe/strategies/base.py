@@ -1,13 +1,14 @@
 """Query-strategy contract and the shared top-k selection.
 
-A strategy receives the model outputs for the candidate pool samples, the pool state (for
-the labelled set's indices; never pool labels), the number of samples ``k`` to query and a
-seeded random generator, and returns ``min(k, M)`` unique absolute indices from the candidates.
+A strategy receives the model outputs for the candidate pool samples (only what it declares
+in ``requires``; never pool labels), the number of samples ``k`` to query and a seeded random
+generator, and returns ``min(k, M)`` unique absolute indices from the candidates.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from alframe.inference import ModelOutputs
 from alframe.state import PoolState
@@ -32,12 +33,11 @@ class QueryStrategy:
     def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         """Pick ``min(k, M)`` samples to label.
 
         Args:
             outputs: model outputs over the candidates ``outputs.idx`` (``[M]``, all in the pool).
-            state: pool state (read-only).
             k: query (acquisition) batch size, >= 1.
             rng: seeded generator for any randomness.
 
@@ -61,7 +61,7 @@ class ScoreStrategy(QueryStrategy):
         """Informativeness ``[M] float`` of each candidate (higher is queried first)."""
         raise NotImplementedError
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         scores = np.asarray(self.score(outputs), dtype=np.float64)
         return top_k(scores, outputs.idx, k)
 
@@ -107,3 +107,35 @@ def check_query(chosen: np.ndarray, candidates: np.ndarray, state: PoolState, k:
         raise RuntimeError(f"strategy {name!r} returned indices outside the scored pool: {outside[:10].tolist()}")
     if state.labelled_mask[chosen].any():
         raise RuntimeError(f"strategy {name!r} returned already-labelled indices")
+
+
+def check_k(k: int) -> int:
+    """Validate the query size.
+
+    Raises:
+        ValueError: ``k`` < 1.
+    """
+    if int(k) < 1:
+        raise ValueError(f"query size k must be >= 1, got {k}")
+    return int(k)
+
+
+def sorted_view(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx_sorted [M], order [M])``: candidates in ascending absolute index, so that the
+    first maximum of any score is the smallest absolute index (deterministic tie-breaking)."""
+    idx = np.asarray(outputs.idx, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    return idx[order], order
+
+
+def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy in nats along ``dim``, computed in float64, with ``0 log 0 = 0``.
+
+    Args:
+        p: probabilities, e.g. ``[M, C]`` or ``[M, T, C]``.
+
+    Returns:
+        ``p``'s shape without ``dim``, float64.
+    """
+    p = p.double()
+    return -torch.special.xlogy(p, p).sum(dim=dim)

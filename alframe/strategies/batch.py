@@ -13,20 +13,8 @@ import numpy as np
 import torch
 
 from alframe.inference import ModelOutputs
-from alframe.state import PoolState
-from alframe.strategies.base import QueryStrategy, top_k
-from alframe.strategies.bayesian import check_flag, check_mc_samples, entropy64, mc_mutual_information
-
-
-def check_k(k: int) -> int:
-    """Validate the query size.
-
-    Raises:
-        ValueError: ``k`` < 1.
-    """
-    if int(k) < 1:
-        raise ValueError(f"query size k must be >= 1, got {k}")
-    return int(k)
+from alframe.strategies.base import QueryStrategy, check_k, entropy, sorted_view, top_k
+from alframe.strategies.bayesian import check_flag, check_mc_samples, mc_mutual_information
 
 
 def torch_generator(rng: np.random.Generator) -> torch.Generator:
@@ -79,16 +67,14 @@ class BatchBALD(QueryStrategy):
         self.num_samples = int(num_samples)
         self.chunk_elements = int(chunk_elements)
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
-        idx = np.asarray(outputs.idx, dtype=np.int64)
-        order = np.argsort(idx, kind="stable")  # work in ascending-index order: ties -> smaller index
-        idx = idx[order]
+        idx, order = sorted_view(outputs)  # work in ascending-index order: ties -> smaller index
         p = outputs.require("mc_probs").double()[torch.as_tensor(order)]  # [M, T, C]
         m, t, c = p.shape
         k = min(k, m)
         gen = torch_generator(rng)
-        cond = entropy64(p).mean(dim=1)  # [M] E_w H[y_i | w]
+        cond = entropy(p).mean(dim=1)  # [M] E_w H[y_i | w]
         chosen: list[int] = []
         joint = torch.ones(1, t, dtype=torch.float64)  # [S, T]: p(config s | w_t)
         weights = None  # [S] 1 / q(config s) when configurations are sampled, else None (exact)
@@ -119,7 +105,7 @@ class BatchBALD(QueryStrategy):
         for i in range(1, len(p)):
             joint, weights, offset = self._joint(p[:i], joint, weights, gen)
         h = float(self._joint_entropy_with(p[-1:], joint, weights)[0]) + offset
-        return h - float(entropy64(p).mean(dim=1).sum())
+        return h - float(entropy(p).mean(dim=1).sum())
 
     def _joint(self, p_sel: torch.Tensor, joint: torch.Tensor, weights, gen):
         """Configurations of the selected points' labels: ``[S, T]`` probabilities under each
@@ -219,7 +205,7 @@ class _StochasticAcquisition(QueryStrategy):
             logw = -self.beta * np.log(rank)
         return logw + rng.gumbel(size=len(scores))
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
         idx = np.asarray(outputs.idx, dtype=np.int64)
         return top_k(self.keys(self.base_scores(outputs), idx, rng), idx, k)
@@ -283,5 +269,5 @@ class PowerEntropy(_StochasticAcquisition):
 
     def base_scores(self, outputs: ModelOutputs) -> np.ndarray:
         if self.mc_samples:
-            return entropy64(outputs.require("mc_probs").double().mean(dim=1)).numpy()
-        return entropy64(outputs.require("probs")).numpy()
+            return entropy(outputs.require("mc_probs").double().mean(dim=1)).numpy()
+        return entropy(outputs.require("probs")).numpy()

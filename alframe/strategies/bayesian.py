@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from alframe.inference import ModelOutputs
-from alframe.strategies.base import ScoreStrategy
+from alframe.strategies.base import ScoreStrategy, entropy
 
 
 def check_flag(value, key: str) -> bool:
@@ -39,12 +39,6 @@ def check_mc_samples(mc_samples: int) -> int:
     return int(mc_samples)
 
 
-def entropy64(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Shannon entropy in nats along ``dim``, float64, with ``0 log 0 = 0``."""
-    p = p.double()
-    return -torch.special.xlogy(p, p).sum(dim=dim)
-
-
 def mc_mutual_information(mc_probs: torch.Tensor) -> torch.Tensor:
     """BALD mutual information ``I[y; w | x] = H[E_w p(y|x,w)] - E_w H[p(y|x,w)]`` (nats).
 
@@ -56,7 +50,7 @@ def mc_mutual_information(mc_probs: torch.Tensor) -> torch.Tensor:
         samples agree up to float rounding.
     """
     p = mc_probs.double()
-    mi = entropy64(p.mean(dim=1)) - entropy64(p).mean(dim=1)
+    mi = entropy(p.mean(dim=1)) - entropy(p).mean(dim=1)
     return mi.clamp_min(0.0)
 
 
@@ -139,4 +133,4 @@ class MCEntropy(_MCStrategy):
     """
 
     def score(self, outputs: ModelOutputs) -> np.ndarray:
-        return entropy64(outputs.require("mc_probs").double().mean(dim=1)).numpy()
+        return entropy(outputs.require("mc_probs").double().mean(dim=1)).numpy()

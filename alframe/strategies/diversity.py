@@ -13,21 +13,11 @@ import numpy as np
 import torch
 
 from alframe.inference import ModelOutputs
-from alframe.state import PoolState
-from alframe.strategies.base import QueryStrategy
-from alframe.strategies.batch import check_k
+from alframe.strategies.base import QueryStrategy, check_k, sorted_view
 from alframe.strategies.clustering import kmeans, knn_sq_distances
 
 #: rows per block in chunked distance computations (block memory = rows * cols * 4 bytes)
 CHUNK_ROWS = 2048
-
-
-def sorted_view(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
-    """``(idx_sorted [M], order [M])``: candidates in ascending absolute index, so that the
-    first maximum of any score is the smallest absolute index (deterministic tie-breaking)."""
-    idx = np.asarray(outputs.idx, dtype=np.int64)
-    order = np.argsort(idx, kind="stable")
-    return idx[order], order
 
 
 @contextlib.contextmanager
@@ -184,7 +174,7 @@ class CoreSet(QueryStrategy):
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.chunk_rows = int(chunk_rows)
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
         idx, order = sorted_view(outputs)
         x, lab = _centred(outputs.require("embeddings"), order, outputs.require("labelled_embeddings"))
@@ -220,7 +210,7 @@ class KMeansSampling(QueryStrategy):
             raise ValueError(f"n_init and max_iter must be >= 1, got n_init={n_init}, max_iter={max_iter}")
         self.n_init, self.max_iter = int(n_init), int(max_iter)
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
         idx, order = sorted_view(outputs)
         x = outputs.require("embeddings").index_select(0, torch.as_tensor(order)).float().numpy()
@@ -282,7 +272,7 @@ class BADGE(QueryStrategy):
     #: relative tolerance under which a factorised squared distance counts as exactly 0
     ZERO_TOL = 1e-10
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
         idx, order = sorted_view(outputs)
         rows = torch.as_tensor(order)
@@ -368,7 +358,7 @@ class TypiClust(QueryStrategy):
         self.k_nn, self.min_cluster_size, self.max_clusters = int(k_nn), int(min_cluster_size), int(max_clusters)
         self.max_iter = int(max_iter)
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
         idx, order = sorted_view(outputs)
         m = len(idx)

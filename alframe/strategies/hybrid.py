@@ -6,10 +6,7 @@ import numpy as np
 import torch
 
 from alframe.inference import ModelOutputs
-from alframe.state import PoolState
-from alframe.strategies.base import QueryStrategy
-from alframe.strategies.batch import check_k
-from alframe.strategies.diversity import sorted_view
+from alframe.strategies.base import QueryStrategy, check_k, sorted_view
 
 
 class ClusterMargin(QueryStrategy):
@@ -54,7 +51,7 @@ class ClusterMargin(QueryStrategy):
         self.n_clusters = None if n_clusters is None else int(n_clusters)
         self.distance_threshold = None if distance_threshold is None else float(distance_threshold)
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         from sklearn.cluster import AgglomerativeClustering
 
         k = check_k(k)

@@ -4,17 +4,15 @@ Literature Survey", section 3.1), and random sampling as the baseline."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from alframe.inference import ModelOutputs
-from alframe.state import PoolState
-from alframe.strategies.base import QueryStrategy, ScoreStrategy
+from alframe.strategies.base import QueryStrategy, ScoreStrategy, entropy
 
 
 class RandomSampling(QueryStrategy):
     """Uniform random sampling from the candidates (the passive-learning baseline)."""
 
-    def query(self, outputs: ModelOutputs, state: PoolState, k: int, rng: np.random.Generator) -> np.ndarray:
+    def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         if k < 1:
             raise ValueError(f"query size k must be >= 1, got {k}")
         return rng.choice(outputs.idx, size=min(k, len(outputs.idx)), replace=False).astype(np.int64)
@@ -57,8 +55,3 @@ class Entropy(ScoreStrategy):
     def score(self, outputs: ModelOutputs) -> np.ndarray:
         return entropy(outputs.require("probs")).numpy()
 
-
-def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Shannon entropy in nats along ``dim`` with 0 log 0 = 0, computed in float64."""
-    p = p.double()
-    return -torch.special.xlogy(p, p).sum(dim=dim)
