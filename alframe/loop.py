@@ -46,7 +46,7 @@ from alframe.pseudo import PseudoLabeller
 from alframe.resume import check_same_data, resolve_run_dir, save_files_manifest
 from alframe.state import PendingRequest, PoolState, RunProgress, StateMismatchError
 from alframe.strategies.base import QueryStrategy, check_query
-from alframe.tracking import RunResult, Tracker, close_run, default_tracking_uri, start_run, write_queries_csv
+from alframe.tracking import RunResult, Tracker, close_run, start_run, tracking_uri_of, write_queries_csv
 from alframe.training import (
     SCORE,
     check_training_setup,
@@ -58,8 +58,6 @@ from alframe.training import (
     round_seed,
     save_net,
 )
-
-quiet_lightning()
 
 
 def initial_indices(cfg: DictConfig, data: ALData, state: PoolState, k: int | None = None) -> np.ndarray:
@@ -104,6 +102,7 @@ class Experiment:
 
     def __init__(self, cfg: DictConfig, job_dir: Path, sweep_id: str | None = None):
         validate_static(cfg)
+        quiet_lightning()
         self.cfg, self.sweep_id = cfg, sweep_id
         self.data: ALData = load_data(cfg.dataset)
         self.strategy: QueryStrategy = instantiate_checked(cfg.strategy, f"strategy ({cfg.strategy.get('_target_')})")
@@ -306,7 +305,7 @@ class Experiment:
 
     def _start_tracking(self) -> Tracker:
         cfg, p = self.cfg, self.progress
-        uri = p.tracking_uri or cfg.mlflow.tracking_uri or default_tracking_uri(cfg.paths.output_root)
+        uri = p.tracking_uri or tracking_uri_of(cfg)  # a resumed run stays in its store
         tags = {"strategy": self.strategy.name, "dataset": self.data.name, "model": cfg.model.name,
                 "seed": cfg.seed, "oracle": getattr(self.oracle, "name", type(self.oracle).__name__),
                 "run_dir": str(self.run_dir), **({"sweep_id": self.sweep_id} if self.sweep_id else {}),

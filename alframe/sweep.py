@@ -16,15 +16,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from alframe.tracking import default_tracking_uri, prepare_store
+from alframe.tracking import prepare_store, tracking_uri_of
 
 log = logging.getLogger(__name__)
-
-
-def tracking_uri_of(cfg: DictConfig) -> str:
-    """The MLflow tracking URI a job with ``cfg`` logs to (``mlflow.tracking_uri`` or the
-    default SQLite store under ``paths.output_root``)."""
-    return cfg.mlflow.tracking_uri or default_tracking_uri(cfg.paths.output_root)
 
 
 class PrepareMlflowStore(Callback):

@@ -32,6 +32,12 @@ def default_tracking_uri(output_root: str | Path) -> str:
     return f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
 
 
+def tracking_uri_of(cfg) -> str:
+    """The MLflow tracking URI a job with ``cfg`` logs to (``mlflow.tracking_uri`` or the
+    default SQLite store under ``paths.output_root``)."""
+    return cfg.mlflow.tracking_uri or default_tracking_uri(cfg.paths.output_root)
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///...`` tracking URI, or None for other stores."""
     if tracking_uri.startswith("sqlite:///"):
