@@ -7,134 +7,14 @@ through alframe's Hydra config with ``dataset.download=false``.
 
 from __future__ import annotations
 
-import pickle
-import struct
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from alframe.data.base import DatasetError, load_data
 
 from .conftest import compose
-
-
-# --------------------------------------------------------------------------- real-format writers
-def digit_images(n: int, size: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` real digits as uint8 ``[n, size, size]`` (8x8 upscaled, padded) and labels ``[n]``."""
-    d = load_digits()
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(d.target))[:n]
-    scale = size // 8
-    img = np.kron(d.images[pick], np.ones((scale, scale))) * (255.0 / 16.0)
-    pad = size - 8 * scale
-    img = np.pad(img, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2)))
-    return np.rint(img).astype(np.uint8), d.target[pick].astype(np.uint8)
-
-
-def write_idx(path: Path, arr: np.ndarray) -> None:
-    """IDX file (LeCun's MNIST format): magic 0x0000080N (ubyte, N dims), big-endian sizes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 0x08, arr.ndim))
-        f.write(struct.pack(f">{arr.ndim}I", *arr.shape))
-        f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
-
-
-def write_mnist_like(root: Path, folder: str = "MNIST", n_train: int = 120, n_test: int = 40,
-                     prefix: tuple[str, str] = ("train", "t10k"), classes: int = 10) -> dict:
-    """MNIST/Fashion/KMNIST raw layout (or EMNIST's with ``prefix``); returns the arrays."""
-    x, y = digit_images(n_train + n_test)
-    y = y % classes
-    raw = root / folder / "raw"
-    tr, te = prefix
-    write_idx(raw / f"{tr}-images-idx3-ubyte", x[:n_train])
-    write_idx(raw / f"{tr}-labels-idx1-ubyte", y[:n_train])
-    write_idx(raw / f"{te}-images-idx3-ubyte", x[n_train:])
-    write_idx(raw / f"{te}-labels-idx1-ubyte", y[n_train:])
-    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
-
-
-def rgb_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Real digits as 32x32 RGB uint8 ``[n, 32, 32, 3]`` with a per-class tint, labels ``[n]``."""
-    x, y = digit_images(n, size=32, seed=seed)
-    tint = np.stack([np.linspace(0.4, 1.0, 10), np.linspace(1.0, 0.4, 10), np.full(10, 0.7)], axis=1)
-    rgb = x[..., None].astype(np.float64) * tint[y][:, None, None, :]
-    return np.rint(rgb).astype(np.uint8), y.astype(np.int64)
-
-
-def write_cifar(root: Path, hundred: bool = False, n_train: int = 100, n_test: int = 40) -> dict:
-    """CIFAR-10 (5 pickled data batches + test_batch + batches.meta) or CIFAR-100 layout."""
-    x, y = rgb_digits(n_train + n_test)
-    flat = x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # rows of 3072: R plane, G plane, B plane
-
-    def dump(path: Path, obj) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            pickle.dump(obj, f)
-
-    if hundred:
-        base = root / "cifar-100-python"
-        dump(base / "train", {"data": flat[:n_train], "fine_labels": y[:n_train].tolist(),
-                              "coarse_labels": (y[:n_train] // 2).tolist()})
-        dump(base / "test", {"data": flat[n_train:], "fine_labels": y[n_train:].tolist(),
-                             "coarse_labels": (y[n_train:] // 2).tolist()})
-        dump(base / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
-                             "coarse_label_names": [f"coarse{i}" for i in range(20)]})
-    else:
-        base = root / "cifar-10-batches-py"
-        parts = np.array_split(np.arange(n_train), 5)
-        for i, p in enumerate(parts, 1):
-            dump(base / f"data_batch_{i}", {"data": flat[p], "labels": y[p].tolist()})
-        dump(base / "test_batch", {"data": flat[n_train:], "labels": y[n_train:].tolist()})
-        dump(base / "batches.meta", {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                     "frog", "horse", "ship", "truck"]})
-    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
-
-
-def write_svhn(root: Path, n_train: int = 100, n_test: int = 40) -> dict:
-    """SVHN format 2: ``X [32, 32, 3, N] uint8``, ``y [N, 1]`` with label 10 for the digit 0."""
-    from scipy.io import savemat
-
-    x, y = rgb_digits(n_train + n_test, seed=1)
-    root.mkdir(parents=True, exist_ok=True)
-    for fname, sl in (("train_32x32.mat", slice(0, n_train)), ("test_32x32.mat", slice(n_train, None))):
-        yy = y[sl].copy()
-        yy[yy == 0] = 10
-        savemat(root / fname, {"X": x[sl].transpose(1, 2, 3, 0), "y": yy[:, None].astype(np.uint8)})
-    return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
-
-
-def compose_shared(overrides: list[str], out: Path, store: Path):
-    """Like ``conftest.compose`` but with the MLflow store ``store`` shared across a module's
-    runs (creating a SQLite store runs MLflow's migrations, several seconds each time)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from .conftest import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[
-            f"paths.output_root={out}", f"mlflow.tracking_uri=sqlite:///{store}", *overrides])
-
-
-_STORE: list[Path] = []
-
-
-def shared_store(tmp_path_factory) -> Path:
-    """One MLflow SQLite store shared by the end-to-end runs of all dataset/model test modules
-    (each run uses its own MLflow experiment name); modules wrap it in a ``store`` fixture."""
-    if not _STORE:
-        _STORE.append(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
-    return _STORE[0]
-
-
-def load(tmp_path: Path, name: str, root: Path, *overrides: str):
-    cfg = compose([f"dataset={name}", f"dataset.root={root}", "dataset.download=false", *overrides],
-                  tmp_path / "out")
-    return load_data(cfg.dataset)
+from .helpers import load, write_cifar, write_mnist_like, write_svhn
 
 
 def unnormalise(data, x: torch.Tensor) -> torch.Tensor:

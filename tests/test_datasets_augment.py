@@ -14,7 +14,7 @@ from alframe.data.base import LabelledView, load_data, make_loader
 from alframe.data.transforms import train_transform
 
 from .conftest import compose
-from .test_datasets import compose_shared, shared_store, write_mnist_like
+from .helpers import compose_shared, shared_store, write_mnist_like
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +14,7 @@ from alframe.loop import Experiment, aubc
 from alframe.state import PoolState
 
 from .conftest import FAST, compose
-
-
-def read_queries(run_dir: Path) -> list[dict]:
-    with (run_dir / "queries.csv").open() as f:
-        return [{k: (v if k == "class_name" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+from .helpers import read_queries
 
 
 def history(result, key: str):

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from alframe.smoke import apply_smoke
 
 from .conftest import CONFIG_DIR
-from .test_datasets import write_cifar, write_mnist_like
+from .helpers import write_cifar, write_mnist_like
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 

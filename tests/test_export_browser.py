@@ -30,7 +30,7 @@ from alframe import export  # noqa: E402
 from alframe.loop import Experiment  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-from .test_web_browser import ARGS  # noqa: E402
+from .helpers import ARGS  # noqa: E402
 
 CLASSES = [f"d{k}" for k in range(10)]  # names differ from indices: a mix-up would show
 

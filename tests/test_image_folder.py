@@ -14,41 +14,13 @@ from alframe.data.base import DatasetError, load_data
 from alframe.data.folders import read_images
 
 from .conftest import compose
-from .test_datasets import compose_shared, digit_images, shared_store
+from .helpers import CLASSES, cfg_for, compose_shared, shared_store, write_folder, write_unlabelled
 
 
 @pytest.fixture
 def store(tmp_path_factory) -> Path:
     """The MLflow store shared by this session's dataset/model end-to-end runs."""
     return shared_store(tmp_path_factory)
-
-CLASSES = ["cat", "dog", "fish"]  # digits 0, 1, 2 stand in for three user classes
-
-
-def write_folder(root: Path, per_class: int = 12, size: int = 16, corrupt: bool = True, seed: int = 0) -> dict:
-    """``root/<class>/<i>.png`` RGB images of real digits; optionally one corrupt ``.png``."""
-    x, y = digit_images(1797 if per_class > 40 else 400, size=size, seed=seed)
-    files = {}
-    for c, name in enumerate(CLASSES):
-        d = root / name
-        d.mkdir(parents=True, exist_ok=True)
-        for j, img in enumerate(x[y == c][:per_class]):
-            rgb = np.stack([img, img // 2, 255 - img], axis=-1).astype(np.uint8)
-            p = d / f"{j:03d}.png"
-            Image.fromarray(rgb).save(p)
-            files[str(p)] = (rgb, c)
-    bad = None
-    if corrupt:
-        bad = root / "dog" / "zz_broken.png"
-        good = (root / "dog" / "000.png").read_bytes()
-        bad.write_bytes(good[: len(good) // 3])  # a truncated PNG: header fine, data cut
-    return {"files": files, "bad": bad}
-
-
-def cfg_for(tmp_path, root, *extra):
-    return compose(["dataset=image_folder", f"dataset.root={root}", "dataset.image_size=16", *extra],
-                   tmp_path / "out")
-
 
 def test_corrupt_file_is_a_clear_error_naming_its_path_before_training(tmp_path):
     info = write_folder(tmp_path / "photos")
@@ -140,20 +112,6 @@ def test_image_folder_end_to_end_class_names_in_queries_csv(tmp_path, store):
 
 
 # --------------------------------------------------------------------------- unlabelled
-def write_unlabelled(root: Path) -> list[Path]:
-    info = write_folder(root / "_src", per_class=5, corrupt=False)
-    files = []
-    for i, (p, _) in enumerate(sorted(info["files"].items())):
-        dst = root / ("batch1" if i % 2 else "batch2") / f"img{i:02d}.png"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        Path(p).rename(dst)
-        files.append(dst)
-    for d in sorted((root / "_src").iterdir()):
-        d.rmdir()
-    (root / "_src").rmdir()
-    return sorted(files)
-
-
 def ucfg(tmp_path, root, *extra):
     return compose(["dataset=unlabelled_folder", f"dataset.root={root}", "dataset.classes=[cat,dog,fish]",
                     "dataset.image_size=16", *extra], tmp_path / "out")

@@ -15,8 +15,7 @@ from alframe.data.lazy import ImageFiles, use_cache
 from alframe.inference import compute_outputs, evaluate
 from alframe.models.cnn import SmallCNN
 
-from .test_datasets import compose_shared, shared_store
-from .test_image_folder import CLASSES, cfg_for, write_folder
+from .helpers import CLASSES, cfg_for, compose_shared, shared_store, write_folder
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from alframe.report import make_report  # noqa: E402
 from alframe.tracking import Tracker  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-from .test_web_browser import ARGS  # noqa: E402
+from .helpers import ARGS  # noqa: E402
 
 SCREEN = {"width": 1280, "height": 800}  # a laptop screen
 

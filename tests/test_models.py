@@ -15,8 +15,7 @@ from alframe.inference import compute_outputs
 from alframe.models.base import ALNet, mc_dropout
 
 from .conftest import REPO
-from .test_datasets import compose_shared, shared_store, write_cifar, write_mnist_like
-from .test_image_folder import write_folder
+from .helpers import compose_shared, shared_store, write_cifar, write_folder, write_mnist_like
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_datasets import compose_shared, shared_store, write_cifar, write_mnist_like
-from .test_image_folder import write_folder
+from .helpers import compose_shared, shared_store, write_cifar, write_folder, write_mnist_like
 
 
 @pytest.fixture

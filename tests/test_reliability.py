@@ -22,6 +22,7 @@ from alframe.loop import Experiment, run_experiment
 from alframe.state import PoolState, StateMismatchError
 
 from .conftest import CONFIG_DIR, compose
+from .helpers import write_unlabelled
 
 TINY = ["trainer.max_epochs=1", "loop.initial_size=10", "loop.query_size=5"]
 STRATEGIES = sorted(p.stem for p in (Path(CONFIG_DIR) / "strategy").glob("*.yaml"))
@@ -203,7 +204,6 @@ def test_eight_parallel_jobs_on_a_fresh_sqlite_store(tmp_path):
 def test_a_changed_image_folder_stops_the_resume_naming_the_files(tmp_path, store):
     """Replace one image by another (same number of files), then rename one: the resume stops,
     naming what changed, and the person's label files stay as they were."""
-    from .test_image_folder import write_unlabelled
 
     root = tmp_path / "pool"
     files = write_unlabelled(root)

@@ -9,7 +9,7 @@ import torch
 
 from alframe.config import ConfigError
 
-from .test_datasets import load, write_mnist_like
+from .helpers import load, write_mnist_like
 
 
 def test_repeated_mnist_has_three_noisy_copies_of_each_pool_image(tmp_path):

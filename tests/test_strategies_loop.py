@@ -11,7 +11,7 @@ from hydra.utils import get_class
 from alframe.state import PoolState
 
 from .conftest import compose
-from .test_end_to_end import read_queries
+from .helpers import read_queries
 
 
 @pytest.mark.parametrize("name,extra", [

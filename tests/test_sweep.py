@@ -17,6 +17,7 @@ from alframe import report as rp
 from alframe.config import ConfigError
 
 from .conftest import CONFIG_DIR, FAST
+from .helpers import compose_shared
 
 REPO = Path(CONFIG_DIR).parent
 
@@ -121,7 +122,6 @@ def test_launcher_configs_compose(launcher, target):
 def _run(tmp_path, store_path, *overrides):  # noqa: F811 (fixture)
     from alframe.loop import run_experiment
 
-    from .test_datasets import compose_shared
 
     cfg = compose_shared([*FAST, "mlflow.experiment_name=target_test", *overrides], tmp_path, store_path)
     return run_experiment(cfg, tmp_path / "job")

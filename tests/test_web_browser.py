@@ -30,9 +30,7 @@ from alframe.loop import Experiment  # noqa: E402
 from alframe.state import PoolState  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from .helpers import ARGS  # noqa: E402
 
 
 def on_disk(run_dir: Path, round: int) -> dict[int, object]:
