@@ -16,8 +16,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from alframe.tracking import prepare_store, tracking_uri_of
-
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +31,8 @@ class PrepareMlflowStore(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create the store/experiment of ``config`` before the launcher starts any job."""
         try:
+            from alframe.tracking import prepare_store, tracking_uri_of  # MLflow loads only for sweeps
+
             uri = tracking_uri_of(config)
             _, exp_id = prepare_store(uri, config.mlflow.experiment_name)
         except Exception as e:  # noqa: BLE001 - never block a sweep; jobs retry on their own
@@ -51,6 +51,8 @@ class PrepareMlflowStore(Callback):
         set_job_prefix("")  # sequential launchers ran the jobs in this process
         sweep_id = Path(str(config.hydra.sweep.dir)).name
         try:
+            from alframe.tracking import prepare_store, tracking_uri_of
+
             uri = tracking_uri_of(config)
             client, exp_id = prepare_store(uri, config.mlflow.experiment_name)
             ui_url = config.mlflow.get("ui_url")
