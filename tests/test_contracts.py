@@ -1,6 +1,8 @@
 """Contracts every config group must keep, found automatically from ``conf/``: adding a
 dataset, model, oracle or experiment YAML puts it under these tests with no test code.
 
+- every dataset config composes and loads, from tiny files in its real on-disk format, into
+  an ALData whose splits, classes and image shape agree;
 - every model config composes, builds its network and LightningModule, and gives ``[B, C]``;
 - every oracle config instantiates and passes the oracle contract: driven as its labeller
   would (nothing for simulations, typed answers, clicks, a filled CSV), it returns labels for
@@ -28,6 +30,7 @@ from alframe.oracles.base import LabelRequest, LabelResult, Oracle
 from alframe.training import build_module, build_net
 
 from .conftest import CONFIG_DIR, compose
+from .helpers import write_cifar, write_folder, write_mnist_like, write_svhn, write_unlabelled
 
 
 def options(group: str) -> list[str]:
@@ -37,6 +40,50 @@ def options(group: str) -> list[str]:
 @pytest.fixture(scope="module")
 def data():
     return digits()
+
+
+# --------------------------------------------------------------------------- datasets
+def _mnist(folder: str, prefix=("train", "t10k")):
+    return lambda root: (write_mnist_like(root, folder=folder, prefix=prefix), [f"dataset.root={root}"])[1]
+
+
+#: how to write each dataset's files in its real format (a new dataset needs one line here)
+WRITERS = {
+    "digits": lambda root: [],
+    "mnist": _mnist("MNIST"), "repeated_mnist": _mnist("MNIST"), "fashion_mnist": _mnist("FashionMNIST"),
+    "kmnist": _mnist("KMNIST"), "emnist": _mnist("EMNIST", ("emnist-balanced-train", "emnist-balanced-test")),
+    "cifar10": lambda root: (write_cifar(root), [f"dataset.root={root}"])[1],
+    "cifar100": lambda root: (write_cifar(root, hundred=True), [f"dataset.root={root}"])[1],
+    "svhn": lambda root: (write_svhn(root), [f"dataset.root={root}"])[1],
+    "image_folder": lambda root: (write_folder(root, per_class=8, corrupt=False),
+                                  [f"dataset.root={root}", "dataset.image_size=16", "dataset.val_size=3"])[1],
+    "unlabelled_folder": lambda root: (write_unlabelled(root), [f"dataset.root={root}", "dataset.image_size=16",
+                                                               "dataset.classes=[cat,dog,fish]"])[1],
+}
+
+
+def test_every_dataset_has_a_writer():
+    assert set(options("dataset")) == set(WRITERS), "add a writer for the new dataset to WRITERS"
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_dataset_config_composes_and_loads(name, tmp_path):
+    from alframe.data.base import load_data
+
+    overrides = [f"dataset={name}", *WRITERS[name](tmp_path / "data")]
+    if name not in ("digits", "image_folder", "unlabelled_folder"):  # torchvision formats: what is on disk
+        overrides += ["dataset.download=false", "dataset.val_size=10"]
+    if name.startswith(("cifar", "svhn")):
+        overrides.append("dataset.verify_checksums=false")  # tiny files, not the official release
+    cfg = compose(overrides, tmp_path)
+    data = load_data(cfg.dataset)
+    assert data.name == cfg.dataset.name and len(data.class_names) == data.num_classes >= 2
+    x, _ = data.train[0]
+    assert tuple(x.shape) == tuple(data.input_shape)
+    assert len(data.train) > 0 and ((data.val_idx >= 0) & (data.val_idx < len(data.train))).all()
+    if data.targets is not None:
+        assert len(data.targets) == len(data.train) and data.targets.max() < data.num_classes
+    assert data.fingerprint
 
 
 # --------------------------------------------------------------------------- models
