@@ -128,7 +128,7 @@ class Experiment:
         validate_with_data(cfg, self.state.n_pool + self.state.n_labelled, self.data.num_classes,
                            self.data.targets is not None)
         validate_loop_options(cfg, len(self.data.val_idx) > 0, self.data.name)
-        check_training_setup(cfg, self.data, self.strategy, self.run_dir, int(self.state.pool_idx[0]))
+        check_training_setup(cfg, self.data, self.strategy, self.run_dir)
         self.device = device_of(cfg)
         self.eval_batch_size = int(cfg.loop.eval_batch_size)
         self.session = OracleSession(self.oracle, self.data, self.state, self._save, self.device)

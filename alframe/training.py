@@ -117,13 +117,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0)
                                default_root_dir=str(run_dir))
 
 
-def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path, sample: int) -> None:
-    """Build what training and scoring will build (network, optimiser, scheduler, Trainer, one
-    augmented sample), so a bad value is a ConfigError before any labelling.
+def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path) -> None:
+    """Build what training and scoring will build (network, optimiser, scheduler, Trainer), so a
+    bad value is a ConfigError before any labelling. (Augmentations are built when the data
+    loads; one that fails only on an image shows when training starts.)
 
     Args:
         strategy: the run's QueryStrategy (MC-dropout strategies need dropout with p > 0).
-        sample: index of a pool image to run the training transforms on.
 
     Raises:
         ConfigError: naming the key and its value.
@@ -141,11 +141,6 @@ def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path,
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model.optimizer/model.scheduler ({cfg.model.optimizer.get('_target_')}): {e}") from e
     build_trainer(cfg, run_dir, len(data.val_idx) > 0)
-    if data.train_transform is not None:
-        try:
-            data.train_transform(data.train[sample][0])
-        except Exception as e:  # noqa: BLE001 - any failure of a user's transform
-            raise ConfigError(f"dataset.augment: the transforms fail on a training image: {e}") from e
 
 
 def device_of(cfg: DictConfig) -> torch.device:
