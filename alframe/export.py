@@ -196,7 +196,7 @@ def _choice(label: str) -> list[dict]:
 def write_label_studio(run: LoadedRun, rows: Sequence[Entry], out: Path) -> Path:
     """``out/tasks.json`` and ``out/label_studio_config.xml`` (see the module docstring); returns
     the tasks file."""
-    from alframe.oracles.files import _xml
+    from alframe.oracles.label_studio import labelling_config
 
     out.mkdir(parents=True, exist_ok=True)
     names = run.data.class_names
@@ -216,10 +216,7 @@ def write_label_studio(run: LoadedRun, rows: Sequence[Entry], out: Path) -> Path
         tasks.append(task)
     path = out / TASKS_NAME
     path.write_text(json.dumps(tasks, indent=1))
-    choices = "\n".join(f'    <Choice value="{_xml(n)}"/>' for n in names)
-    (out / LS_CONFIG_NAME).write_text("<View>\n  <Image name=\"image\" value=\"$image\"/>\n"
-                                      "  <Choices name=\"label\" toName=\"image\" choice=\"single\" "
-                                      f"showInLine=\"true\">\n{choices}\n  </Choices>\n</View>\n")
+    (out / LS_CONFIG_NAME).write_text(labelling_config(names))  # the oracle's config: one hotkey per class
     return path
 
 

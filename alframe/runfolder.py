@@ -102,10 +102,16 @@ def load_run(run_dir: str | Path, need_model: bool = False) -> LoadedRun:
     if data.n_train != state.n:
         raise RunFolderError(f"{run_dir}: the pool state covers {state.n} samples but dataset "
                              f"{data.name!r} now has {data.n_train}: the data changed since the run")
-    saved = state.meta.get("dataset_fingerprint")
-    if saved is not None and saved != data.fingerprint:
-        raise RunFolderError(f"{run_dir}: the dataset changed since the run (fingerprint {data.fingerprint}, "
-                             f"run has {saved}); labels would land on the wrong samples")
+    saved = state.progress.dataset_fingerprint
+    if saved:
+        from alframe.resume import check_same_data
+        from alframe.state import StateMismatchError
+
+        try:
+            check_same_data(run_dir, saved, data)
+        except StateMismatchError as e:
+            raise RunFolderError(f"{run_dir}: the dataset changed since the run ({e}); labels would land on the "
+                                 "wrong samples") from e
     model_path = run_dir / MODEL_FILE
     if need_model and not model_path.is_file():
         raise RunFolderError(f"{model_path} not found: no model has been trained in this run yet")

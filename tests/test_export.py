@@ -148,7 +148,7 @@ def test_label_studio_tasks_hold_annotations_and_predictions(finished, tmp_path)
         else:
             assert "predictions" not in t
         assert Path("/" + t["data"]["image"].split("?d=", 1)[1]).is_file()
-    assert '<Choice value="9"/>' in (tmp_path / "label_studio_config.xml").read_text()
+    assert '<Choice value="9" hotkey="9"/>' in (tmp_path / "label_studio_config.xml").read_text()  # key 9 = class 9
 
 
 def test_mlflow_pyfunc_model_returns_class_names_at_the_logged_accuracy(finished):
