@@ -8,6 +8,7 @@ uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -39,6 +40,8 @@ def quiet_lightning() -> None:
                     ".*GPU available but not used.*", ".*but have no `val_dataloader`.*", ".*LeafSpec.*is deprecated.*"):
         warnings.filterwarnings("ignore", message=message)
 
+
+quiet_lightning()  # also in the processes that trainer.strategy=ddp_spawn starts (they import this module)
 
 #: torch random streams of one round: training (init, order, dropout) and MC-dropout scoring
 TRAIN, SCORE = 0, 1
@@ -110,11 +113,36 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0)
     extra = t.get("extra") or {}
     kwargs.update(extra)
     what = "trainer" + (f" (trainer.extra: {', '.join(f'{k}={v!r}' for k, v in extra.items())})" if extra else "")
-    return instantiate_checked(OmegaConf.create(kwargs), what, errors=(ValueError, TypeError,
-                               MisconfigurationException), logger=False, enable_checkpointing=keep_best,
-                               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                               limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
-                               default_root_dir=str(run_dir))
+
+    def make(**override) -> pl.Trainer:
+        return instantiate_checked(OmegaConf.create({**kwargs, **override}), what, errors=(
+                                   ValueError, TypeError, MisconfigurationException), logger=False,
+                                   enable_checkpointing=keep_best, enable_progress_bar=False,
+                                   enable_model_summary=False, num_sanity_val_steps=0,
+                                   limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
+                                   default_root_dir=str(run_dir))
+
+    trainer = make()
+    if relaunches_command(trainer):
+        # Several devices: the loop (oracle, pool state, MLflow run) lives in this process, so
+        # each round's fit spawns its DDP processes (ddp_spawn) instead of re-running the command.
+        strategy = kwargs.get("strategy", "auto")
+        if strategy != "auto":
+            raise ConfigError(
+                f"trainer.strategy={strategy!r} with trainer.devices={kwargs.get('devices')!r} re-launches the "
+                "alframe command once per device, which would run the whole active-learning loop (oracle, "
+                "MLflow run) on every device; use trainer.strategy=ddp_spawn (or auto)")
+        trainer = make(strategy="ddp_spawn")
+    return trainer
+
+
+def relaunches_command(trainer: pl.Trainer) -> bool:
+    """True when ``trainer``'s strategy starts its processes by re-running ``sys.argv``
+    (Lightning's ``ddp``, the default ``auto`` choice for several devices outside notebooks),
+    False for one process or processes started from inside this one (``ddp_spawn``, ``ddp_fork``)."""
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    return isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
 
 
 def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path, sample: int) -> None:
@@ -186,7 +214,8 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
         if has_val and protocols.uses_validation(cfg) else None
     faults.point("fit")
     try:
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        with _spawn_sharing(trainer):
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     except SystemExit as e:  # Lightning turns Ctrl-C/SIGTERM into sys.exit(1): keep it an interrupt
         if trainer.interrupted:
             raise KeyboardInterrupt("interrupted during training") from e
@@ -196,6 +225,22 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
     net = module.net
     del trainer, module
     return net
+
+
+@contextlib.contextmanager
+def _spawn_sharing(trainer: pl.Trainer):
+    """While ``trainer`` spawns processes (``ddp_spawn``), hand tensors to them through shared-memory
+    files: with torch's default (file descriptors) the spawned ranks failed to unpickle the
+    data here ("unable to resize file ... Invalid argument")."""
+    if int(trainer.world_size) == 1:
+        yield
+        return
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
 
 
 def save_net(net: ALNet, run_dir: Path) -> None:
