@@ -44,7 +44,8 @@ class ALClassifier(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         self.val_acc.update(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        # sync_dist: with several devices each rank sees its share of the validation split
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log("val_accuracy", self.val_acc, on_epoch=True, batch_size=len(y))
 
     def configure_optimizers(self):
