@@ -99,7 +99,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0)
     no logger, progress bar or model summary; early stopping on ``val_accuracy`` when
     ``trainer.early_stopping_patience`` is set and there is a validation split; the training
     protocol (:mod:`alframe.protocols`) adds its callbacks and step limits. Checkpoint files
-    are written only when the protocol keeps the best epoch."""
+    are written only when the protocol keeps the best epoch.
+
+    Several devices (``trainer.devices=N``): ``trainer.strategy=auto`` becomes ``ddp_spawn``, so
+    each ``fit`` spawns its N processes from this one and the loop stays in this process.
+
+    Raises:
+        ConfigError: a Trainer argument Lightning refuses, or a strategy that re-launches the
+            command per device (``ddp``), naming the value and the alternative.
+    """
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     patience = t.get("early_stopping_patience")
     use_val = has_val and protocols.uses_validation(cfg)
@@ -194,6 +202,10 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
         round: the round (seeds initialisation and training order from ``(seed, round)``).
         pseudo: optional ``(idx [P] int, labels [P] int)`` pseudo-labelled pool samples
             (CEAL) added to this round's training set only; never written to ``state``.
+
+    With ``trainer.devices=N`` the Trainer trains in N spawned DDP processes (batch size per
+    process ``model.batch_size``, Lightning's DistributedSampler seeded by ``pl.seed_everything``);
+    the returned network holds rank 0's trained weights.
 
     Returns:
         The trained network (CPU or ``trainer.accelerator``'s device), in eval mode.
