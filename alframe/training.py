@@ -9,8 +9,6 @@ uninterrupted one would have done.
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from alframe import faults, protocols
 from alframe.config import ConfigError, instantiate_checked
 from alframe.data.base import ALData, LabelledView, make_loader
 from alframe.models.base import ALNet
+from alframe.models.lightning import quiet_lightning  # noqa: F401 (re-exported)
 from alframe.state import PoolState, atomic_write
 
 MODEL_FILE = "last_model.pt"
@@ -30,18 +29,6 @@ MODEL_FILE = "last_model.pt"
 ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "protocol", "steps_per_round", "epoch_samples",
                         "restore_best", "weight_decay_per_label", "weight_decay_params")
 
-
-def quiet_lightning() -> None:
-    """Silence Lightning's info logs and the warnings that do not apply to AL rounds (tiny
-    labelled sets, no validation split, CPU runs on a GPU machine)."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for message in (".*does not have many workers.*", ".*number of training batches.*",
-                    ".*GPU available but not used.*", ".*but have no `val_dataloader`.*", ".*LeafSpec.*is deprecated.*"):
-        warnings.filterwarnings("ignore", message=message)
-
-
-quiet_lightning()  # also in the processes that trainer.strategy=ddp_spawn starts (they import this module)
 
 #: torch random streams of one round: training (init, order, dropout) and MC-dropout scoring
 TRAIN, SCORE = 0, 1
@@ -184,6 +171,19 @@ def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path,
             raise ConfigError(f"dataset.augment: the transforms fail on a training image: {e}") from e
 
 
+def scoring_spread(cfg: DictConfig, run_dir: Path):
+    """The :class:`~alframe.inference.Spread` that shards pool scoring and test evaluation over
+    the Trainer's devices when ``trainer.devices`` gives more than one, else None (one device,
+    :func:`device_of`)."""
+    from alframe.inference import Spread
+
+    trainer = build_trainer(cfg, run_dir, has_val=False)
+    if int(trainer.world_size) == 1:
+        return None
+    return Spread(accelerator=str(cfg.trainer.accelerator),
+                  devices=OmegaConf.to_container(cfg.trainer, resolve=True)["devices"])
+
+
 def device_of(cfg: DictConfig) -> torch.device:
     """The torch device for scoring and evaluation, matching ``trainer.accelerator``."""
     acc = str(cfg.trainer.accelerator)
@@ -226,7 +226,7 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
         if has_val and protocols.uses_validation(cfg) else None
     faults.point("fit")
     try:
-        with _spawn_sharing(trainer):
+        with spawn_sharing(trainer):
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     except SystemExit as e:  # Lightning turns Ctrl-C/SIGTERM into sys.exit(1): keep it an interrupt
         if trainer.interrupted:
@@ -240,8 +240,8 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
 
 
 @contextlib.contextmanager
-def _spawn_sharing(trainer: pl.Trainer):
-    """While ``trainer`` spawns processes (``ddp_spawn``), hand tensors to them through shared-memory
+def spawn_sharing(trainer: pl.Trainer):
+    """While ``trainer`` spawns processes (``ddp_spawn``; a no-op for one process), hand tensors to them through shared-memory
     files: with torch's default (file descriptors) the spawned ranks failed to unpickle the
     data here ("unable to resize file ... Invalid argument")."""
     if int(trainer.world_size) == 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -10,6 +12,20 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from alframe.models.base import ALNet
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's info logs and the warnings that do not apply to AL rounds (tiny
+    labelled sets, no validation split, CPU runs on a GPU machine)."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*does not have many workers.*", ".*number of training batches.*",
+                    ".*GPU available but not used.*", ".*but have no `val_dataloader`.*", ".*LeafSpec.*is deprecated.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+# here, not only in the loop: the processes that trainer.devices=N spawns import this module
+quiet_lightning()
 
 
 class ALClassifier(pl.LightningModule):
