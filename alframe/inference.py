@@ -108,7 +108,9 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
             raise ValueError("MC-dropout strategies need a model with dropout layers; "
                              f"{type(net).__name__} has none")
     was_training = net.training
-    net.to(device)
+    sharded = spread is not None and len(idx) > 0
+    if not sharded:  # sharded: the spawned ranks move their copy to their device
+        net.to(device)
     net.eval()
     if "labelled_embeddings" in requires:
         if labelled_idx is None:
@@ -116,7 +118,7 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
         out.labelled_idx = np.asarray(labelled_idx, dtype=np.int64)
     pool_requires = requires - {"labelled_embeddings"}
     try:
-        if spread is not None and len(idx) > 0:
+        if sharded:
             # one sharded pass over the candidates (and the labelled set), gathered here
             sets = [IndexedImages(dataset, idx)] + ([IndexedImages(dataset, out.labelled_idx)]
                                                     if out.labelled_idx is not None else [])
