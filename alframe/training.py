@@ -134,10 +134,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0)
 def relaunches_command(trainer: pl.Trainer) -> bool:
     """True when ``trainer``'s strategy starts its processes by re-running ``sys.argv``
     (Lightning's ``ddp``, the default ``auto`` choice for several devices outside notebooks),
-    False for one process or processes started from inside this one (``ddp_spawn``, ``ddp_fork``)."""
+    False for one device or processes started from inside this one (``ddp_spawn``, ``ddp_fork``)."""
     from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-    return isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return isinstance(launcher, _SubprocessScriptLauncher) and int(trainer.num_devices) > 1
 
 
 def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path, sample: int) -> None:

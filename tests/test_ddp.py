@@ -118,3 +118,8 @@ def test_sharded_scoring_and_evaluation_equal_one_device():
     test = TensorImageDataset(x[:37], np.arange(37) % 4)
     e1, e2 = evaluate(net, test, 8), evaluate(net, test, 8, spread=spread)
     assert e2["accuracy"] == pytest.approx(e1["accuracy"]) and e2["loss"] == pytest.approx(e1["loss"], rel=1e-5)
+
+
+def test_ddp_on_one_device_starts_nothing_and_is_accepted(make_cfg, tmp_path):
+    one = build_trainer(make_cfg("trainer.strategy=ddp"), tmp_path, has_val=False)
+    assert one.world_size == 1 and not relaunches_command(one)
