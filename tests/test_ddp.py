@@ -123,3 +123,23 @@ def test_sharded_scoring_and_evaluation_equal_one_device():
 def test_ddp_on_one_device_starts_nothing_and_is_accepted(make_cfg, tmp_path):
     one = build_trainer(make_cfg("trainer.strategy=ddp"), tmp_path, has_val=False)
     assert one.world_size == 1 and not relaunches_command(one)
+
+
+@pytest.mark.slow
+def test_two_process_fit_returns_the_trained_weights(make_cfg, tmp_path):
+    """The network fit gives back is rank 0's trained one: it has left its initial weights and
+    learnt digits well above chance (0.1)."""
+    from alframe.data.base import load_data
+    from alframe.inference import evaluate
+    from alframe.training import fit, round_seed
+
+    cfg = make_cfg("trainer.devices=2", "trainer.max_epochs=30")
+    data = load_data(cfg.dataset)
+    state = PoolState.create(len(data.train), holdout=data.val_idx)
+    pick = np.random.default_rng(0).choice(state.pool_idx, size=200, replace=False)
+    state.label(pick, data.targets[pick], 0, num_classes=data.num_classes)
+    torch.manual_seed(round_seed(cfg.seed, 0))
+    initial = build_net(cfg, data.num_classes, data.input_shape).state_dict()
+    net = fit(cfg, data, state, 0, tmp_path)
+    assert any(not torch.equal(v, initial[k]) for k, v in net.state_dict().items())
+    assert evaluate(net, data.test, 256)["accuracy"] > 0.6
