@@ -9,6 +9,9 @@ What is computed is what the query strategy declares in ``requires``:
   T passes batched.
 - ``"embeddings"``: ``[M, D]`` penultimate features of the deterministic network.
 - ``"labelled_embeddings"``: ``[L, D]`` the same for the labelled set (Core-set).
+
+With ``trainer.devices=N`` the loop passes a :class:`Spread`: the same outputs, computed in N
+spawned processes (Lightning ``predict``) and gathered in pool order.
 """
 
 from __future__ import annotations
