@@ -9,6 +9,9 @@ What is computed is what the query strategy declares in ``requires``:
   T passes batched.
 - ``"embeddings"``: ``[M, D]`` penultimate features of the deterministic network.
 - ``"labelled_embeddings"``: ``[L, D]`` the same for the labelled set (Core-set).
+
+With ``trainer.devices=N`` the loop passes a :class:`Spread`: the same outputs, computed in N
+spawned processes (Lightning ``predict``) and gathered in pool order.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
 from alframe.data.base import IndexedImages, make_loader
 from alframe.models.base import DROPOUT_TYPES, ALNet, mc_dropout
+from alframe.models.lightning import quiet_lightning  # noqa: F401 (quiet in the spawned ranks too)
 
 KNOWN_REQUIREMENTS = frozenset({"probs", "mc_probs", "embeddings", "labelled_embeddings"})
 
@@ -59,7 +64,8 @@ class ModelOutputs:
 @torch.no_grad()
 def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requires: frozenset[str] | set[str],
                     mc_samples: int = 20, batch_size: int = 512, device: str | torch.device = "cpu",
-                    labelled_idx: np.ndarray | None = None, mask_seed: int | None = None) -> ModelOutputs:
+                    labelled_idx: np.ndarray | None = None, mask_seed: int | None = None,
+                    spread: Spread | None = None) -> ModelOutputs:
     """Score the samples ``dataset[idx]`` with what a strategy needs.
 
     Args:
@@ -76,6 +82,8 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
             one mask per MC sample t and dropout layer, shared by all scored points, drawn from
             this seed (:class:`ConsistentMasks`), so ``mc_probs[:, t]`` are the predictions of
             one parameter sample w_t and the result does not depend on batching.
+        spread: shard the scoring over several devices (:class:`Spread`, ``trainer.devices=N``)
+            and gather the rows here; None: score on ``device``.
 
     Returns:
         ModelOutputs with the requested fields filled.
@@ -101,18 +109,35 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
             raise ValueError("MC-dropout strategies need a model with dropout layers; "
                              f"{type(net).__name__} has none")
     was_training = net.training
-    net.to(device)
+    sharded = spread is not None and len(idx) > 0
+    if not sharded:  # sharded: the spawned ranks move their copy to their device
+        net.to(device)
     net.eval()
+    lab_idx = None  # the labelled set, scored for "labelled_embeddings" only
+    if "labelled_embeddings" in requires:
+        if labelled_idx is None:
+            raise ValueError("'labelled_embeddings' requires labelled_idx")
+        lab_idx = np.asarray(labelled_idx, dtype=np.int64)
+    pool_requires = requires - {"labelled_embeddings"}
     try:
+        if sharded:
+            # one sharded pass over the candidates (and the labelled set), gathered here
+            sets = [IndexedImages(dataset, idx)] + ([IndexedImages(dataset, lab_idx)] if lab_idx is not None else [])
+            seed = int(torch.randint(2**31 - 1 - 64, ()))  # from the caller's seeded generator
+            rows = spread.run(net, sets, pool_requires | ({"embeddings"} if len(sets) > 1 else set()),
+                              mc_samples, batch_size, mask_seed if "mc_probs" in requires else None, seed)
+            for k in pool_requires:
+                setattr(out, k, rows[0][k])
+            if len(sets) > 1:
+                out.labelled_embeddings = rows[1]["embeddings"]
+            return out
         masks = ConsistentMasks(net, mask_seed, mc_samples) if mask_seed is not None and "mc_probs" in requires \
             else None
-        fields = _score(net, dataset, idx, requires - {"labelled_embeddings"}, mc_samples, batch_size, device, masks)
+        fields = _score(net, dataset, idx, pool_requires, mc_samples, batch_size, device, masks)
         for k, v in fields.items():
             setattr(out, k, v)
-        if "labelled_embeddings" in requires:
-            if labelled_idx is None:
-                raise ValueError("'labelled_embeddings' requires labelled_idx")
-            out.labelled_embeddings = _score(net, dataset, np.asarray(labelled_idx, dtype=np.int64), {"embeddings"}, 1,
+        if lab_idx is not None:
+            out.labelled_embeddings = _score(net, dataset, lab_idx, {"embeddings"}, 1,
                                              batch_size, device)["embeddings"]
     finally:
         net.train(was_training)
@@ -122,23 +147,34 @@ def compute_outputs(net: ALNet | None, dataset: Dataset, idx: np.ndarray, requir
 def _score(net: ALNet, dataset: Dataset, idx: np.ndarray, requires, mc_samples: int, batch_size: int,
            device, masks: ConsistentMasks | None = None) -> dict[str, torch.Tensor]:
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in requires}
-    head_only = net.trunk_is_deterministic
     loader = make_loader(IndexedImages(dataset, idx), batch_size=batch_size)
     for batch in loader:
         x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device, non_blocking=True)
-        h = net.trunk(x)
-        if "probs" in chunks:
-            chunks["probs"].append(torch.softmax(net.head(h), dim=-1).float().cpu())
-        if "embeddings" in chunks:
-            chunks["embeddings"].append(net.embed_features(h).float().cpu())
-        if "mc_probs" in chunks:
-            with mc_dropout(net):
-                if head_only:  # exact: the trunk is deterministic, sample the head only
-                    samples = sample_head(net.head, h, mc_samples, masks=masks)
-                else:  # dropout in the trunk: sample the whole network, T passes batched
-                    samples = _sample_network(net, x, mc_samples, masks=masks)
-            chunks["mc_probs"].append(torch.softmax(samples, dim=-1).float().cpu())
+        for k, v in _score_batch(net, x, requires, mc_samples, masks).items():
+            chunks[k].append(v)
     return {k: (torch.cat(v) if v else torch.empty(0)) for k, v in chunks.items()}
+
+
+def _score_batch(net: ALNet, x: torch.Tensor, requires, mc_samples: int,
+                 masks: ConsistentMasks | None = None) -> dict[str, torch.Tensor]:
+    """The ``requires`` outputs (plus ``"logits"`` ``[B, C]`` on request) of one batch
+    ``x: [B, ...]``, float32 on the CPU."""
+    out: dict[str, torch.Tensor] = {}
+    h = net.trunk(x)
+    if "logits" in requires:
+        out["logits"] = net.head(h).float().cpu()
+    if "probs" in requires:
+        out["probs"] = torch.softmax(net.head(h), dim=-1).float().cpu()
+    if "embeddings" in requires:
+        out["embeddings"] = net.embed_features(h).float().cpu()
+    if "mc_probs" in requires:
+        with mc_dropout(net):
+            if net.trunk_is_deterministic:  # exact: the trunk is deterministic, sample the head only
+                samples = sample_head(net.head, h, mc_samples, masks=masks)
+            else:  # dropout in the trunk: sample the whole network, T passes batched
+                samples = _sample_network(net, x, mc_samples, masks=masks)
+        out["mc_probs"] = torch.softmax(samples, dim=-1).float().cpu()
+    return out
 
 
 #: most numbers held by one block of stacked MC samples (T-groups are sized to fit)
@@ -335,26 +371,149 @@ def _sample_network(net: ALNet, x: torch.Tensor, t: int, max_rows: int = 512,
 
 
 @torch.no_grad()
-def evaluate(net: ALNet, dataset: Dataset, batch_size: int = 512, device="cpu") -> dict[str, float]:
+def evaluate(net: ALNet, dataset: Dataset, batch_size: int = 512, device="cpu",
+             spread: Spread | None = None) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``net`` (dropout off) on a labelled dataset.
+
+    Args:
+        spread: shard the dataset over several devices (:class:`Spread`); None: ``device``.
 
     Returns:
         ``{"accuracy": float in [0, 1], "loss": float (nats per sample)}``; both NaN for an
         empty dataset (e.g. an unlabelled folder without a test folder: nothing to measure).
     """
+    return evaluate_many(net, [dataset], batch_size, device, spread)[0]
+
+
+@torch.no_grad()
+def evaluate_many(net: ALNet, datasets: list[Dataset], batch_size: int = 512, device="cpu",
+                  spread: Spread | None = None) -> list[dict[str, float]]:
+    """:func:`evaluate` of each dataset; with ``spread`` all of them in one sharded pass."""
     from torchmetrics.functional.classification import multiclass_accuracy
 
-    if len(dataset) == 0:
-        return {"accuracy": float("nan"), "loss": float("nan")}
-    net.to(device)
-    was_training = net.training
-    net.eval()
-    logits, ys = [], []
-    for x, y in make_loader(dataset, batch_size=batch_size):
-        logits.append(net(x.to(device)).float().cpu())
-        ys.append(torch.as_tensor(y))
-    net.train(was_training)
-    logits_t, y_t = torch.cat(logits), torch.cat(ys).long()
-    acc = multiclass_accuracy(logits_t, y_t, num_classes=logits_t.shape[1], average="micro")
-    loss = torch.nn.functional.cross_entropy(logits_t, y_t)
-    return {"accuracy": float(acc), "loss": float(loss)}
+    results = [{"accuracy": float("nan"), "loss": float("nan")} for _ in datasets]
+    todo = [i for i, ds in enumerate(datasets) if len(ds) > 0]
+    if not todo:
+        return results
+    if spread is not None:
+        rows = spread.run(net, [datasets[i] for i in todo], {"logits", "y"}, batch_size=batch_size)
+        pairs = [(r["logits"], r["y"]) for r in rows]
+    else:
+        net.to(device)
+        was_training = net.training
+        net.eval()
+        pairs = []
+        for i in todo:
+            logits, ys = [], []
+            for x, y in make_loader(datasets[i], batch_size=batch_size):
+                logits.append(net(x.to(device)).float().cpu())
+                ys.append(torch.as_tensor(y))
+            pairs.append((torch.cat(logits), torch.cat(ys).long()))
+        net.train(was_training)
+    for i, (logits_t, y_t) in zip(todo, pairs, strict=True):
+        acc = multiclass_accuracy(logits_t, y_t, num_classes=logits_t.shape[1], average="micro")
+        loss = torch.nn.functional.cross_entropy(logits_t, y_t)
+        results[i] = {"accuracy": float(acc), "loss": float(loss)}
+    return results
+
+
+# ---------------------------------------------------------------------- several devices
+@dataclass(frozen=True)
+class Spread:
+    """Scoring and evaluation sharded over several devices (``trainer.devices=N``, N > 1).
+
+    One ``Trainer.predict`` with Lightning's ``ddp_spawn`` per call: N processes, each scoring its
+    share of the samples (Lightning's ``DistributedSampler``, which pads the last shard with
+    duplicates), each writing its rows and their positions (:class:`_RankWriter`); this process
+    then puts the rows back in dataset order, so the result has exactly the shape and order of
+    the single-device path. Consistent MC dropout gives the same numbers as one device;
+    per-sample MC dropout draws rank ``r``'s masks from ``seed + r``.
+
+    Attributes:
+        accelerator: ``trainer.accelerator``.
+        devices: ``trainer.devices`` (N > 1 devices).
+    """
+
+    accelerator: str
+    devices: object
+
+    def run(self, net: ALNet, datasets: list[Dataset], requires, mc_samples: int = 1, batch_size: int = 512,
+            mask_seed: int | None = None, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+        """Outputs of ``net`` over every dataset of ``datasets`` (items ``image`` or ``(image, label)``).
+
+        Args:
+            requires: output names of :func:`_score_batch` (``probs``, ``mc_probs``,
+                ``embeddings``, ``logits``) and ``y`` (the dataset's labels, ``[M] int64``).
+            mask_seed: consistent MC-dropout seed (see :func:`compute_outputs`), or None.
+            seed: torch seed of per-sample MC dropout (rank r uses ``seed + r``).
+
+        Returns:
+            One dict per dataset, ``name -> [M, ...]`` rows in dataset order (M = its length).
+        """
+        import tempfile
+
+        from alframe.training import spawn_sharing
+
+        with tempfile.TemporaryDirectory(prefix="alframe-scores-") as tmp:
+            writer = _RankWriter(tmp, len(datasets))
+            trainer = pl.Trainer(accelerator=self.accelerator, devices=self.devices, strategy="ddp_spawn",
+                                 logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                 enable_checkpointing=False, callbacks=[writer], default_root_dir=tmp)
+            module = _ScoringModule(net, frozenset(requires), int(mc_samples), mask_seed, int(seed))
+            loaders = [make_loader(ds, batch_size=batch_size) for ds in datasets]
+            with spawn_sharing(trainer):
+                trainer.predict(module, dataloaders=loaders, return_predictions=False)
+            return [_gather(tmp, trainer.world_size, d, len(ds)) for d, ds in enumerate(datasets)]
+
+
+def _gather(folder: str, world_size: int, dataloader: int, n: int) -> dict[str, torch.Tensor]:
+    """Rows of every rank's file for ``dataloader``, placed at their dataset positions ``[n, ...]``."""
+    out: dict[str, torch.Tensor] = {}
+    seen = torch.zeros(n, dtype=torch.bool)
+    for rank in range(world_size):
+        saved = torch.load(f"{folder}/rank{rank}.pt", weights_only=False)
+        for rows, pos in zip(saved["pred"][dataloader], saved["idx"][dataloader], strict=True):
+            pos = torch.as_tensor(pos, dtype=torch.long)
+            seen[pos] = True
+            for k, v in rows.items():
+                if k not in out:
+                    out[k] = torch.empty((n, *v.shape[1:]), dtype=v.dtype)
+                out[k][pos] = v  # a padded duplicate writes the same row again
+    if not bool(seen.all()):
+        raise RuntimeError(f"sharded scoring lost {int((~seen).sum())} of {n} samples")
+    return out
+
+
+class _RankWriter(pl.callbacks.BasePredictionWriter):
+    """Lightning prediction writer: each rank saves its predictions and their dataset
+    positions to ``<folder>/rank<r>.pt`` at the end of ``predict``."""
+
+    def __init__(self, folder: str, n_loaders: int):
+        super().__init__(write_interval="epoch")
+        self.folder, self.n_loaders = folder, n_loaders
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
+        if self.n_loaders == 1:  # Lightning unnests a single loader's predictions (not its indices)
+            predictions = [predictions]
+        torch.save({"pred": predictions, "idx": batch_indices}, f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+class _ScoringModule(pl.LightningModule):
+    """``predict_step`` = :func:`_score_batch` of ``net`` (plus the batch's labels for ``"y"``)."""
+
+    def __init__(self, net: ALNet, requires: frozenset[str], mc_samples: int, mask_seed: int | None, seed: int):
+        super().__init__()
+        self.net, self.requires, self.mc_samples = net, requires, mc_samples
+        self.mask_seed, self.seed, self.masks = mask_seed, seed, None
+
+    def on_predict_start(self) -> None:
+        torch.manual_seed(self.seed + self.global_rank)  # per-sample MC-dropout masks of this rank
+        if self.mask_seed is not None and "mc_probs" in self.requires:
+            self.masks = ConsistentMasks(self.net, self.mask_seed, self.mc_samples)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        out = _score_batch(self.net, x, self.requires - {"y"}, self.mc_samples, self.masks)
+        if "y" in self.requires:
+            out["y"] = torch.as_tensor(batch[1]).long().cpu()
+        return out

@@ -36,7 +36,7 @@ from alframe.config import (
     validate_with_data,
 )
 from alframe.data.base import ALData, load_data
-from alframe.inference import compute_outputs, evaluate
+from alframe.inference import compute_outputs, evaluate_many
 from alframe.labelling import LabellingJob
 from alframe.metrics import aubc, labels_to_target  # noqa: F401 (re-exported)
 from alframe.models.base import ALNet
@@ -57,6 +57,7 @@ from alframe.training import (
     round_rng,
     round_seed,
     save_net,
+    scoring_spread,
 )
 
 
@@ -130,6 +131,7 @@ class Experiment:
         validate_loop_options(cfg, len(self.data.val_idx) > 0, self.data.name)
         check_training_setup(cfg, self.data, self.strategy, self.run_dir)
         self.device = device_of(cfg)
+        self.spread = scoring_spread(cfg, self.run_dir)  # trainer.devices=N > 1: sharded scoring
         self.eval_batch_size = int(cfg.loop.eval_batch_size)
         self.session = OracleSession(self.oracle, self.data, self.state, self._save, self.device)
         threshold = cfg.loop.get("pseudo_label_threshold")
@@ -201,9 +203,9 @@ class Experiment:
             t0 = time.perf_counter()
             net = fit(self.cfg, self.data, state, r, self.run_dir, pseudo=pseudo)
             train_s = time.perf_counter() - t0
-            test = evaluate(net, self.data.test, self.eval_batch_size, self.device)
-            val = evaluate(net, self.data.validation_set(), self.eval_batch_size, self.device) \
-                if len(self.data.val_idx) else None
+            sets = [self.data.test] + ([self.data.validation_set()] if len(self.data.val_idx) else [])
+            test, *val = evaluate_many(net, sets, self.eval_batch_size, self.device, self.spread)
+            val = val[0] if val else None
         save_net(net, self.run_dir)
         row = {"round": r, "n_labelled": n, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
                "train_seconds": train_s, **({"val_accuracy": val["accuracy"]} if val is not None else {}), **row}
@@ -243,7 +245,7 @@ class Experiment:
             t0 = time.perf_counter()
             outputs = compute_outputs(net, self.data.train, candidates, self.strategy.requires,
                                       mc_samples=int(getattr(self.strategy, "mc_samples", 0) or 0),
-                                      batch_size=self.eval_batch_size, device=self.device,
+                                      batch_size=self.eval_batch_size, device=self.device, spread=self.spread,
                                       labelled_idx=state.labelled_idx,
                                       # consistent MC dropout: one mask per MC sample for the whole pool
                                       mask_seed=score_seed if getattr(self.strategy, "consistent_dropout", False)

@@ -24,6 +24,7 @@ The loop calls :func:`train_loader`, :func:`callbacks`, :func:`trainer_kwargs`,
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -197,7 +198,11 @@ def optimizer_factory(cfg: DictConfig, base: Callable[..., torch.optim.Optimizer
     rest = [p for _, p in named if id(p) not in ids]
     wd = scaled_weight_decay(c, n_labelled)
 
-    def make(_params=None) -> torch.optim.Optimizer:
-        return base([{"params": scaled, "weight_decay": wd}, {"params": rest}])
+    # a partial, not a closure: trainer.strategy=ddp_spawn pickles the module to its processes
+    return functools.partial(_grouped_optimizer, base, scaled, rest, wd)
 
-    return make
+
+def _grouped_optimizer(base: Callable[..., torch.optim.Optimizer], scaled: list, rest: list, wd: float,
+                       _params=None) -> torch.optim.Optimizer:
+    """``base`` over ``[scaled parameters with weight decay wd, the rest]`` (``_params`` ignored)."""
+    return base([{"params": scaled, "weight_decay": wd}, {"params": rest}])

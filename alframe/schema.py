@@ -76,7 +76,11 @@ class TrainerConfig:
 
     Attributes:
         accelerator: ``cpu``, ``gpu``, ``mps`` or ``auto``.
-        devices: devices per run.
+        devices: devices per run (an int, ``-1``/``"auto"`` for all, or a list of ids). More than one
+            trains with Lightning's DDP in processes spawned per round (``strategy``).
+        strategy: Lightning strategy, default ``auto``. With several devices ``auto`` means
+            ``ddp_spawn``; ``ddp`` (which re-launches the command line, so the whole AL loop
+            would run once per device) is refused (:func:`alframe.training.build_trainer`).
         precision: e.g. ``32-true``, ``16-mixed``.
         max_epochs: epochs per round at most.
         min_epochs: epochs per round at least.
@@ -97,6 +101,7 @@ class TrainerConfig:
     _target_: str = "pytorch_lightning.Trainer"
     accelerator: str = "cpu"
     devices: Any = 1
+    strategy: Any = "auto"
     precision: Any = "32-true"
     max_epochs: int = _f(50, ge=1)
     min_epochs: int = _f(1, ge=0)

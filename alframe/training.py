@@ -8,8 +8,7 @@ uninterrupted one would have done.
 
 from __future__ import annotations
 
-import logging
-import warnings
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +21,13 @@ from alframe import faults, protocols
 from alframe.config import ConfigError, instantiate_checked
 from alframe.data.base import ALData, LabelledView, make_loader
 from alframe.models.base import ALNet
+from alframe.models.lightning import quiet_lightning  # noqa: F401 (re-exported)
 from alframe.state import PoolState, atomic_write
 
 MODEL_FILE = "last_model.pt"
 #: keys of the ``trainer`` group that alframe reads itself; the rest go to pytorch_lightning.Trainer
 ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "protocol", "steps_per_round", "epoch_samples",
                         "restore_best", "weight_decay_per_label", "weight_decay_params")
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning's info logs and the warnings that do not apply to AL rounds (tiny
-    labelled sets, no validation split, CPU runs on a GPU machine)."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for message in (".*does not have many workers.*", ".*number of training batches.*",
-                    ".*GPU available but not used.*", ".*but have no `val_dataloader`.*", ".*LeafSpec.*is deprecated.*"):
-        warnings.filterwarnings("ignore", message=message)
 
 
 #: torch random streams of one round: training (init, order, dropout) and MC-dropout scoring
@@ -96,7 +86,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0)
     no logger, progress bar or model summary; early stopping on ``val_accuracy`` when
     ``trainer.early_stopping_patience`` is set and there is a validation split; the training
     protocol (:mod:`alframe.protocols`) adds its callbacks and step limits. Checkpoint files
-    are written only when the protocol keeps the best epoch."""
+    are written only when the protocol keeps the best epoch.
+
+    Several devices (``trainer.devices=N``): ``trainer.strategy=auto`` becomes ``ddp_spawn``, so
+    each ``fit`` spawns its N processes from this one and the loop stays in this process.
+
+    Raises:
+        ConfigError: a Trainer argument Lightning refuses, or a strategy that re-launches the
+            command per device (``ddp``), naming the value and the alternative.
+    """
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     patience = t.get("early_stopping_patience")
     use_val = has_val and protocols.uses_validation(cfg)
@@ -110,11 +108,37 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0)
     extra = t.get("extra") or {}
     kwargs.update(extra)
     what = "trainer" + (f" (trainer.extra: {', '.join(f'{k}={v!r}' for k, v in extra.items())})" if extra else "")
-    return instantiate_checked(OmegaConf.create(kwargs), what, errors=(ValueError, TypeError,
-                               MisconfigurationException), logger=False, enable_checkpointing=keep_best,
-                               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                               limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
-                               default_root_dir=str(run_dir))
+
+    def make(**override) -> pl.Trainer:
+        return instantiate_checked(OmegaConf.create({**kwargs, **override}), what, errors=(
+                                   ValueError, TypeError, MisconfigurationException), logger=False,
+                                   enable_checkpointing=keep_best, enable_progress_bar=False,
+                                   enable_model_summary=False, num_sanity_val_steps=0,
+                                   limit_val_batches=1.0 if use_val else 0, callbacks=callbacks,
+                                   default_root_dir=str(run_dir))
+
+    trainer = make()
+    if relaunches_command(trainer):
+        # Several devices: the loop (oracle, pool state, MLflow run) lives in this process, so
+        # each round's fit spawns its DDP processes (ddp_spawn) instead of re-running the command.
+        strategy = kwargs.get("strategy", "auto")
+        if strategy != "auto":
+            raise ConfigError(
+                f"trainer.strategy={strategy!r} with trainer.devices={kwargs.get('devices')!r} re-launches the "
+                "alframe command once per device, which would run the whole active-learning loop (oracle, "
+                "MLflow run) on every device; use trainer.strategy=ddp_spawn (or auto)")
+        trainer = make(strategy="ddp_spawn")
+    return trainer
+
+
+def relaunches_command(trainer: pl.Trainer) -> bool:
+    """True when ``trainer``'s strategy starts its processes by re-running ``sys.argv``
+    (Lightning's ``ddp``, the default ``auto`` choice for several devices outside notebooks),
+    False for one device or processes started from inside this one (``ddp_spawn``, ``ddp_fork``)."""
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return isinstance(launcher, _SubprocessScriptLauncher) and int(trainer.num_devices) > 1
 
 
 def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path) -> None:
@@ -143,6 +167,19 @@ def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path)
     build_trainer(cfg, run_dir, len(data.val_idx) > 0)
 
 
+def scoring_spread(cfg: DictConfig, run_dir: Path):
+    """The :class:`~alframe.inference.Spread` that shards pool scoring and test evaluation over
+    the Trainer's devices when ``trainer.devices`` gives more than one, else None (one device,
+    :func:`device_of`)."""
+    from alframe.inference import Spread
+
+    trainer = build_trainer(cfg, run_dir, has_val=False)
+    if int(trainer.world_size) == 1:
+        return None
+    return Spread(accelerator=str(cfg.trainer.accelerator),
+                  devices=OmegaConf.to_container(cfg.trainer, resolve=True)["devices"])
+
+
 def device_of(cfg: DictConfig) -> torch.device:
     """The torch device for scoring and evaluation, matching ``trainer.accelerator``."""
     acc = str(cfg.trainer.accelerator)
@@ -161,6 +198,10 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
         round: the round (seeds initialisation and training order from ``(seed, round)``).
         pseudo: optional ``(idx [P] int, labels [P] int)`` pseudo-labelled pool samples
             (CEAL) added to this round's training set only; never written to ``state``.
+
+    With ``trainer.devices=N`` the Trainer trains in N spawned DDP processes (batch size per
+    process ``model.batch_size``, Lightning's DistributedSampler seeded by ``pl.seed_everything``);
+    the returned network holds rank 0's trained weights.
 
     Returns:
         The trained network (CPU or ``trainer.accelerator``'s device), in eval mode.
@@ -181,7 +222,8 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
         if has_val and protocols.uses_validation(cfg) else None
     faults.point("fit")
     try:
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        with spawn_sharing(trainer):
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     except SystemExit as e:  # Lightning turns Ctrl-C/SIGTERM into sys.exit(1): keep it an interrupt
         if trainer.interrupted:
             raise KeyboardInterrupt("interrupted during training") from e
@@ -191,6 +233,22 @@ def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Pa
     net = module.net
     del trainer, module
     return net
+
+
+@contextlib.contextmanager
+def spawn_sharing(trainer: pl.Trainer):
+    """While ``trainer`` spawns processes (``ddp_spawn``; a no-op for one process), hand tensors to them through shared-memory
+    files: with torch's default (file descriptors) the spawned ranks failed to unpickle the
+    data here ("unable to resize file ... Invalid argument")."""
+    if int(trainer.world_size) == 1:
+        yield
+        return
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
 
 
 def save_net(net: ALNet, run_dir: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -10,6 +12,20 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from alframe.models.base import ALNet
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's info logs and the warnings that do not apply to AL rounds (tiny
+    labelled sets, no validation split, CPU runs on a GPU machine)."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*does not have many workers.*", ".*number of training batches.*",
+                    ".*GPU available but not used.*", ".*but have no `val_dataloader`.*", ".*LeafSpec.*is deprecated.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+# here, not only in the loop: the processes that trainer.devices=N spawns import this module
+quiet_lightning()
 
 
 class ALClassifier(pl.LightningModule):
@@ -44,7 +60,8 @@ class ALClassifier(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         self.val_acc.update(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        # sync_dist: with several devices each rank sees its share of the validation split
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log("val_accuracy", self.val_acc, on_epoch=True, batch_size=len(y))
 
     def configure_optimizers(self):
