@@ -121,13 +121,21 @@ def test_gal_weight_decay_is_keras_l2_over_the_labelled_size_on_the_dense_layer(
     ("trainer.steps_per_round=0", "trainer.steps_per_round=0 is invalid: must be an integer >= 1 or null"),
     ("trainer.epoch_samples=-5", "trainer.epoch_samples=-5 is invalid"),
     ("trainer.protocol=keras", "trainer.protocol='keras' is invalid: must be one of"),
-    ("trainer.weight_decay_per_label=-1", "trainer.weight_decay_per_label=-1 is invalid"),
-    ("trainer.restore_best=maybe", "trainer.restore_best='maybe' is invalid"),
+    ("trainer.weight_decay_per_label=-1", "trainer.weight_decay_per_label=-1.0 is invalid"),
 ])
 def test_bad_protocol_values_are_config_errors(tmp_path, override, message):
     cfg = compose(["trainer=batchbald2019", override], tmp_path)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         validate_static(cfg)
+
+
+def test_a_value_of_the_wrong_type_is_refused_when_the_config_is_composed(tmp_path):
+    """The trainer schema (alframe/schema.py) types restore_best as a bool."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["trainer=batchbald2019", "trainer.restore_best=maybe"], tmp_path)
+    assert "trainer.restore_best=maybe" in str(e.value)
 
 
 def test_protocol_errors_that_need_the_model_or_data(tmp_path):

@@ -15,7 +15,7 @@ from alframe.loop import Experiment
 from alframe.state import PoolState
 from alframe.stopping import STOP_FILE, StabilisingPredictions, kappa
 
-from .conftest import REPO
+from .conftest import REPO, compose
 
 
 def test_kappa_known_values():
@@ -63,7 +63,6 @@ def test_window_rule_and_resume_from_file(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("loop.stop_kappa=1.5", "loop.stop_kappa=1.5 is invalid: must be a kappa in (-1, 1]"),
-    ("loop.stop_kappa=yes", "loop.stop_kappa='yes' is invalid"),
     ("loop.stop_window=0", "loop.stop_window=0 is invalid: must be an integer >= 1"),
     ("loop.stop_set_size=-5", "loop.stop_set_size=-5 is invalid: must be an integer >= 0"),
 ])
@@ -72,6 +71,15 @@ def test_bad_stop_values_fail_before_training(make_cfg, tmp_path, override, mess
         Experiment(make_cfg(override), tmp_path / "job")
     assert message in str(e.value)
     assert not (tmp_path / "job" / "last_model.pt").exists()
+
+
+def test_a_stop_kappa_that_is_not_a_number_is_refused_when_composed(tmp_path):
+    """The loop schema (alframe/schema.py) types stop_kappa as a float."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["loop.stop_kappa=yes"], tmp_path)
+    assert "loop.stop_kappa=yes" in str(e.value)
 
 
 @pytest.mark.slow  # a fresh process imports torch, Lightning and MLflow
