@@ -122,7 +122,12 @@ def test_smoke_shrinks_sizes_only(tmp_path):
     assert "train_size" not in digits.dataset and digits.loop.pool_subset == 64
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+#: CIFAR ResNet smoke rounds take 40-75 s on 2 loaded cores: in `make test-all`
+HEAVY_SMOKE = {"badge2020_cifar10", "coreset2018_cifar10", "lueth2023_cifar10_low"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_SMOKE else n
+                                  for n in EXPERIMENTS])
 def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # noqa: F811 (fixture)
     from alframe.loop import run_experiment
 

@@ -144,7 +144,8 @@ def tiny_data_overrides(name: str, tmp_path: Path) -> list[str]:
     raise AssertionError(f"no tiny dataset for input shape {shape}")
 
 
-@pytest.mark.parametrize("name", sorted(INTENDED))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet18" else n
+                                  for n in sorted(INTENDED)])
 def test_one_round_end_to_end_per_model(name, tmp_path, store):
     """Train, evaluate, score the pool with MC dropout (BALD), query, train again."""
     from mlflow import MlflowClient

@@ -276,6 +276,7 @@ def test_terminal_quit_and_resume_through_the_loop(store, tmp_path):
 
 
 # --------------------------------------------------------------------------- pseudo-labelling (CEAL)
+@pytest.mark.slow  # 3 rounds of 30 epochs on ~1,200 pseudo-labels: 2.5 min on 2 loaded cores
 def test_pseudo_labels_train_but_never_enter_the_pool_state(store, tmp_path, monkeypatch):
     import alframe.loop as loop
 
