@@ -188,3 +188,36 @@ def read_queries(run_dir: Path) -> list[dict]:
         return [{k: (v if k == "class_name" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def fill_labels(csv_path: Path, truth) -> dict[int, int]:
+    """Fill the ``label`` column of a files-oracle ``labels.csv`` with ``truth[index]`` (a
+    person who answers right); returns ``{index: label}`` as written."""
+    rows = list(csv.DictReader(csv_path.open()))
+    for r in rows:
+        r["label"] = str(truth[int(r["index"])])
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return {int(r["index"]): int(r["label"]) for r in rows}
+
+
+def run_in_thread(exp, wait_s: float = 30.0):
+    """Start ``exp.run()`` in a thread (as a person's browser session needs) and wait for the
+    web oracle's URL; returns ``(thread, out, url)``, ``out["result"]`` or ``out["error"]``."""
+    import threading
+    import time
+
+    out: dict = {}
+
+    def work():
+        try:
+            out["result"] = exp.run()
+        except BaseException as e:  # surfaced by the caller's assertions
+            out["error"] = e
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    deadline = time.time() + wait_s
+    while not getattr(exp.oracle, "url", None) and time.time() < deadline:
+        time.sleep(0.05)
+    return thread, out, exp.oracle.url

@@ -14,7 +14,6 @@ dataset, model, oracle or experiment YAML puts it under these tests with no test
 
 from __future__ import annotations
 
-import csv
 import io
 import threading
 from pathlib import Path
@@ -30,7 +29,7 @@ from alframe.oracles.base import LabelRequest, LabelResult, Oracle
 from alframe.training import build_module, build_net
 
 from .conftest import CONFIG_DIR, compose
-from .helpers import write_cifar, write_folder, write_mnist_like, write_svhn, write_unlabelled
+from .helpers import fill_labels, write_cifar, write_folder, write_mnist_like, write_svhn, write_unlabelled
 
 
 def options(group: str) -> list[str]:
@@ -142,14 +141,7 @@ def drive_web(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Pat
 def drive_files(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Path) -> LabelResult:
     first = oracle.label(req)
     assert first.pending and len(first.idx) == 0  # hands the batch off and waits
-    path = run_dir / "queries" / f"round_{req.round}" / "labels.csv"
-    rows = list(csv.DictReader(path.open()))
-    for r in rows:
-        r["label"] = str(truth[int(r["index"])])
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    fill_labels(run_dir / "queries" / f"round_{req.round}" / "labels.csv", truth)
     return oracle.label(req)  # as after loop.resume=true
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import filecmp
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from alframe import export  # noqa: E402
 from alframe.loop import Experiment  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-from .helpers import ARGS  # noqa: E402
+from .helpers import ARGS, run_in_thread  # noqa: E402
 
 CLASSES = [f"d{k}" for k in range(10)]  # names differ from indices: a mix-up would show
 
@@ -65,21 +63,7 @@ def test_label_a_folder_in_the_browser_and_export_it(tmp_path):
                    "trainer.max_epochs=3", "loop.initial_size=6", "loop.query_size=4", "loop.rounds=1",
                    "strategy=margin"], tmp_path)
     exp = Experiment(cfg, tmp_path / "job")
-    out: dict = {}
-
-    def work():
-        try:
-            out["result"] = exp.run()
-        except BaseException as e:  # surfaced by the assertions below
-            out["error"] = e
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    for _ in range(600):
-        if getattr(exp.oracle, "url", None):
-            break
-        time.sleep(0.05)
-    url = exp.oracle.url
+    thread, out, url = run_in_thread(exp)
     clicked: dict[str, tuple[str, int]] = {}  # file -> (class clicked, round)
 
     with sync_api.sync_playwright() as p:

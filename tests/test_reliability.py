@@ -4,7 +4,6 @@ go on."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -22,21 +20,11 @@ from alframe.loop import Experiment, run_experiment
 from alframe.state import PoolState, StateMismatchError
 
 from .conftest import CONFIG_DIR, compose
-from .helpers import write_unlabelled
+from .helpers import fill_labels, write_unlabelled
 
 TINY = ["trainer.max_epochs=1", "loop.initial_size=10", "loop.query_size=5"]
 STRATEGIES = sorted(p.stem for p in (Path(CONFIG_DIR) / "strategy").glob("*.yaml"))
 
-
-def fill_labels(csv_path: Path, truth: np.ndarray) -> dict[int, int]:
-    rows = list(csv.DictReader(csv_path.open()))
-    for r in rows:
-        r["label"] = str(truth[int(r["index"])])
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return {int(r["index"]): int(r["label"]) for r in rows}
 
 
 def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

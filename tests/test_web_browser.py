@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from alframe.loop import Experiment  # noqa: E402
 from alframe.state import PoolState  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-from .helpers import ARGS  # noqa: E402
+from .helpers import ARGS, run_in_thread  # noqa: E402
 
 
 def on_disk(run_dir: Path, round: int) -> dict[int, object]:
@@ -46,21 +44,7 @@ def test_label_two_rounds_in_headless_chromium(tmp_path):
     cfg = compose(["oracle=web", "oracle.port=0", "trainer.max_epochs=2", "loop.initial_size=6",
                    "loop.query_size=4", "loop.rounds=1", "strategy=margin"], tmp_path)
     exp = Experiment(cfg, tmp_path / "job")
-    out: dict = {}
-
-    def work():
-        try:
-            out["result"] = exp.run()
-        except BaseException as e:  # surfaced by the assertions below
-            out["error"] = e
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    for _ in range(300):
-        if getattr(exp.oracle, "url", None):
-            break
-        time.sleep(0.05)
-    url = exp.oracle.url
+    thread, out, url = run_in_thread(exp)
     assert url and url.startswith("http://127.0.0.1:")
     given: dict[int, int] = {}
     skipped: set[int] = set()
