@@ -173,7 +173,7 @@ def scoring_spread(cfg: DictConfig, run_dir: Path):
     :func:`device_of`)."""
     from alframe.inference import Spread
 
-    trainer = build_trainer(cfg, run_dir, has_val=False)
+    trainer = build_trainer(cfg, run_dir, has_val=True)  # only read for its world size
     if int(trainer.world_size) == 1:
         return None
     return Spread(accelerator=str(cfg.trainer.accelerator),
