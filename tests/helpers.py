@@ -221,3 +221,12 @@ def run_in_thread(exp, wait_s: float = 30.0):
     while not getattr(exp.oracle, "url", None) and time.time() < deadline:
         time.sleep(0.05)
     return thread, out, exp.oracle.url
+
+
+def joined_result(thread, out: dict, timeout: float):
+    """Wait for a :func:`run_in_thread` run to end; assert it ended without an error and
+    return its RunResult."""
+    thread.join(timeout)
+    assert not thread.is_alive()
+    assert "error" not in out, out.get("error")
+    return out["result"]

@@ -28,7 +28,7 @@ from alframe import export  # noqa: E402
 from alframe.loop import Experiment  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-from .helpers import ARGS, run_in_thread  # noqa: E402
+from .helpers import ARGS, joined_result, run_in_thread  # noqa: E402
 
 CLASSES = [f"d{k}" for k in range(10)]  # names differ from indices: a mix-up would show
 
@@ -90,10 +90,7 @@ def test_label_a_folder_in_the_browser_and_export_it(tmp_path):
                                    ".some(t => document.getElementById('progress-text').textContent.includes(t))")
         finally:
             browser.close()
-    thread.join(300)
-    assert not thread.is_alive()
-    assert "error" not in out, out.get("error")
-    res = out["result"]
+    res = joined_result(thread, out, 300)
     assert res.status == "finished" and len(clicked) == 10
 
     # queries.csv names the file next to the index

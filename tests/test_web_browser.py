@@ -28,7 +28,7 @@ from alframe.loop import Experiment  # noqa: E402
 from alframe.state import PoolState  # noqa: E402
 
 from .conftest import compose  # noqa: E402
-from .helpers import ARGS, run_in_thread  # noqa: E402
+from .helpers import ARGS, joined_result, run_in_thread  # noqa: E402
 
 
 def on_disk(run_dir: Path, round: int) -> dict[int, object]:
@@ -124,10 +124,7 @@ def test_label_two_rounds_in_headless_chromium(tmp_path):
         finally:
             browser.close()
 
-    thread.join(120)
-    assert not thread.is_alive()
-    assert "error" not in out, out.get("error")
-    res = out["result"]
+    res = joined_result(thread, out, 120)
     assert res.status == "finished"
     state = PoolState.load(res.run_dir)
     assert state.n_labelled == 9
