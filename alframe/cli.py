@@ -21,6 +21,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # still validates them against the plugins' schemas of the same name, with a deprecation notice.
 warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Could not load library with AVX2 support ..."
 
 
 def job_context() -> tuple[Path, str | None, int | None]:
