@@ -24,11 +24,14 @@ install: $(STAMP)  ## create .venv and install alframe with its dependencies (id
 run: $(STAMP)  ## run the default experiment (digits, small CNN, entropy); extra overrides: ARGS="strategy=margin"
 	$(BIN)/alframe $(ARGS)
 
-test: $(STAMP)  ## fast test suite (no `slow` tests)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+# Test processes (pytest-xdist), one thread each; e.g. `make test TEST_JOBS=8` on a bigger box.
+TEST_JOBS ?= 2
 
-test-all: $(STAMP)  ## full test suite, `slow` tests included
-	$(BIN)/python -m pytest $(ARGS)
+test: $(STAMP)  ## fast test suite (no `slow` tests), TEST_JOBS processes
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n $(TEST_JOBS) --dist worksteal $(ARGS)
+
+test-all: $(STAMP)  ## full test suite, `slow` tests included, TEST_JOBS processes
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal $(ARGS)
 
 sweep: $(STAMP)  ## a small real sweep: 2 strategies x 2 seeds on digits, 2 jobs at a time (joblib)
 	OMP_NUM_THREADS=1 $(BIN)/alframe -m hydra/launcher=joblib strategy=random,entropy seed=0,1 loop.rounds=5 $(ARGS)
@@ -43,7 +46,6 @@ bench: $(STAMP)  ## speed and memory benchmarks (prints ratios; see README)
 label-studio-check: $(STAMP)  ## real Label Studio round trip (own venv .venv-label-studio/, 127.0.0.1; not in `make test`)
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/label_studio_check.py $(ARGS)
 
-ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000
 ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000; prints the budget-curve links (ARGS="--experiment NAME --sweep-id latest")
 	-$(BIN)/python -m alframe.mlflow_ui --tracking-uri sqlite:///$(CURDIR)/outputs/mlflow.db $(ARGS)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000

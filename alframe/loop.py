@@ -18,7 +18,6 @@ loop: :mod:`alframe.training` (Trainer, fit, device), :mod:`alframe.resume` (sav
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 
@@ -328,7 +327,6 @@ class Experiment:
                            self.state, status, title, self.strategy.name, self.target)
         link = tracker.budget_curves_url(self.sweep_id, ui_url=self.cfg.mlflow.get("ui_url"))
         progress.summary(result, pending=status == "pending", link=link)
-        gc.collect()
         return result
 
 

@@ -5,8 +5,11 @@ run outputs, and the headless-Chromium arguments of the browser tests."""
 from __future__ import annotations
 
 import csv
+import logging
 import pickle
 import struct
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,48 @@ from .conftest import CONFIG_DIR, compose
 #: headless Debian chromium, as root, with the machine's closed network
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+# --------------------------------------------------------------------------- the command, in process
+@dataclass
+class CliResult:
+    """What one ``alframe`` command gave: exit code, printed output and errors."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_in_process(*args: str, cwd: Path, monkeypatch, capsys) -> CliResult:
+    """Run the real ``alframe`` command (Hydra's argument parsing, launcher and callbacks, the
+    same ``main``) in this process, as if typed in ``cwd``: no second interpreter has to import
+    torch, Lightning and MLflow again (several seconds per command). Tests of signals and crashes
+    still start a real process. Hydra's logging handlers, its global state and the job prefix are
+    undone afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from alframe import cli, progress
+
+    monkeypatch.setattr(sys, "argv", ["alframe", *args])
+    monkeypatch.chdir(cwd)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    capsys.readouterr()
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(level)
+        GlobalHydra.instance().clear()
+        progress.set_job_prefix("")
+    out = capsys.readouterr()
+    return CliResult(code, out.out, out.err)
 
 
 # --------------------------------------------------------------------------- real-format writers

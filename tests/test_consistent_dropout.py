@@ -149,7 +149,8 @@ def test_loop_scores_with_the_round_seed_when_consistent(run, monkeypatch, overr
         return real(net, dataset, idx, requires, **kwargs)
 
     monkeypatch.setattr(loop, "compute_outputs", spy)
-    res = run(*overrides, "strategy.mc_samples=4", "loop.rounds=2", "trainer.max_epochs=1", "seed=3")
+    res = run(*overrides, "strategy.mc_samples=4", "loop.rounds=2", "trainer.max_epochs=1", "seed=3",
+              "loop.pool_subset=200")
     assert res.status == "finished"
     from alframe.training import SCORE, round_seed
 

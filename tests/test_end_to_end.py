@@ -160,23 +160,6 @@ def test_cli_reports_bad_value_and_unknown_option(tmp_path):
     assert "nosuch" in unknown.stderr and "entropy" in unknown.stderr and "margin" in unknown.stderr
 
 
-def test_multirun_gives_one_mlflow_run_and_dir_per_job(tmp_path):
-    exe = Path(sys.executable).with_name("alframe")
-    proc = subprocess.run(
-        [str(exe), "-m", "strategy=random,entropy", "seed=0", "loop.rounds=1", "trainer.max_epochs=2",
-         f"paths.output_root={tmp_path}"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("alframe")
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 2 and len({r.info.run_id for r in runs}) == 2
-    assert {r.data.tags["strategy"] for r in runs} == {"random", "entropy"}
-    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
-    dirs = {r.data.tags["run_dir"] for r in runs}
-    assert len(dirs) == 2 and all((Path(d) / "queries.csv").is_file() for d in dirs)
-    assert all(r.info.status == "FINISHED" for r in runs)
-
-
 def test_bad_strategy_parameter_is_a_config_error(make_cfg, tmp_path):
     from alframe.config import ConfigError
 

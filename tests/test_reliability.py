@@ -20,7 +20,7 @@ from alframe.loop import Experiment, run_experiment
 from alframe.state import PoolState, StateMismatchError
 
 from .conftest import CONFIG_DIR, compose
-from .helpers import fill_labels, write_unlabelled
+from .helpers import cli_in_process, fill_labels, write_unlabelled
 
 TINY = ["trainer.max_epochs=1", "loop.initial_size=10", "loop.query_size=5"]
 STRATEGIES = sorted(p.stem for p in (Path(CONFIG_DIR) / "strategy").glob("*.yaml"))
@@ -34,16 +34,16 @@ def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProc
 
 
 # --------------------------------------------------------------------------- run folders
-def test_resume_true_looks_in_the_commands_own_folder_first(tmp_path, store):
+def test_resume_true_looks_in_the_commands_own_folder_first(tmp_path, store, monkeypatch, capsys):
     """The issue's reproduction, through the real command: an explicit hydra.run.dir, labels
     filled in, resumed with loop.resume=true: the same MLflow run continues with those labels."""
     run_dir, db = tmp_path / "RUN", f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["oracle=files", "loop.query_size=5", "loop.rounds=1", "loop.initial_size=10", "trainer.max_epochs=1",
               f"hydra.run.dir={run_dir}", f"mlflow.tracking_uri={db}", f"paths.output_root={tmp_path / 'elsewhere'}"]
-    first = cli(*common, cwd=tmp_path)
+    first = cli_in_process(*common, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert first.returncode == 0, first.stderr
     given = fill_labels(run_dir / "queries" / "round_0" / "labels.csv", digits().targets)
-    second = cli(*common, "loop.resume=true", cwd=tmp_path)
+    second = cli_in_process(*common, "loop.resume=true", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert second.returncode == 0, second.stderr
     assert "starting a new run" not in second.stdout
     state = PoolState.load(run_dir)
@@ -134,9 +134,10 @@ def test_bad_training_values_are_config_errors_before_any_run(override, message,
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
-def test_config_error_on_the_command_line_is_one_line_and_leaves_no_folder(tmp_path):
-    out = cli("model.optimizer.lr=-1", f"paths.output_root={tmp_path / 'out'}",
-              f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}", cwd=tmp_path)
+def test_config_error_on_the_command_line_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    out = cli_in_process("model.optimizer.lr=-1", f"paths.output_root={tmp_path / 'out'}",
+                         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}", cwd=tmp_path,
+                         monkeypatch=monkeypatch, capsys=capsys)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "alframe: error: model.optimizer/model.scheduler (torch.optim.Adam): Invalid learning rate: -1"]
@@ -145,9 +146,9 @@ def test_config_error_on_the_command_line_is_one_line_and_leaves_no_folder(tmp_p
 
 
 # --------------------------------------------------------------------------- interrupts
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_interrupt_saves_marks_killed_and_prints_the_resume_command(sig, tmp_path):
-    db = f"sqlite:///{tmp_path / 'm.db'}"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_interrupt_saves_marks_killed_and_prints_the_resume_command(sig, tmp_path, store):
+    db = f"sqlite:///{store}"  # an initialised copy: no migrations in the timed-out window
     args = ["trainer.max_epochs=400", "loop.rounds=1", f"paths.output_root={tmp_path}", f"mlflow.tracking_uri={db}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "alframe.cli", *args], cwd=tmp_path, env=env,

@@ -1,4 +1,4 @@
-"""Sweeps: a real parallel (joblib) multirun on digits, the report over it, launcher configs,
+"""Sweeps: a multirun on digits (in process; through joblib's workers in the slow suite), the report over it, launcher configs,
 concurrent creation of a fresh SQLite store, and ``loop.target_accuracy``."""
 
 from __future__ import annotations
@@ -17,25 +17,42 @@ from alframe import report as rp
 from alframe.config import ConfigError
 
 from .conftest import CONFIG_DIR, FAST
-from .helpers import compose_shared
+from .helpers import cli_in_process, compose_shared
 
 REPO = Path(CONFIG_DIR).parent
 
 
+SWEEP = ["strategy=random,entropy", "seed=0,1", "loop.rounds=1", "trainer.max_epochs=1",
+         "mlflow.experiment_name=sweep_test"]
+
+
+def test_sweep_two_strategies_two_seeds_then_report(tmp_path, store, monkeypatch, capsys):
+    """``alframe -m`` with Hydra's basic launcher (jobs one after another, in this process), on a
+    initialised SQLite store: 4 runs, 4 dirs, one sweep id, job-prefixed rows, the curves link, a report."""
+    proc = cli_in_process("-m", *SWEEP, f"paths.output_root={tmp_path}", cwd=tmp_path,
+                          monkeypatch=monkeypatch, capsys=capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_sweep(tmp_path, proc.stdout)
+
+
+@pytest.mark.slow
 def test_joblib_sweep_two_strategies_two_seeds_then_report(tmp_path):
-    """4 jobs, 2 at a time, on a fresh SQLite store: 4 runs, 4 dirs, one sweep id, a report."""
+    """The same sweep through the real command, 2 jobs at a time in joblib's worker processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [str(Path(sys.executable).parent / "alframe"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-           "strategy=random,entropy", "seed=0,1", "loop.rounds=1", "trainer.max_epochs=1",
-           f"paths.output_root={tmp_path}", "mlflow.experiment_name=sweep_test"]
+           *SWEEP, f"paths.output_root={tmp_path}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    check_sweep(tmp_path, proc.stdout)
 
+
+def check_sweep(tmp_path: Path, stdout: str) -> None:
+    """What a 2 strategies x 2 seeds sweep under ``tmp_path`` must have stored and printed."""
     sweeps = list((tmp_path / "multirun").iterdir())
     assert len(sweeps) == 1
     job_dirs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "pool_state.json").is_file())
-    assert len(job_dirs) == 4
+    assert len(job_dirs) == 4 and all((p / "queries.csv").is_file() for p in job_dirs)
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sweep_test")
@@ -52,14 +69,14 @@ def test_joblib_sweep_two_strategies_two_seeds_then_report(tmp_path):
         t = r.data.tags
         assert r.info.run_name.startswith(f"{t['strategy']}-small_cnn-digits-seed{t['seed']}-")
     # parallel jobs share one terminal: every round row says which job it belongs to
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("[job ")]
+    rows = [line for line in stdout.splitlines() if line.startswith("[job ")]
     for num, (strategy, seed) in enumerate([("random", 0), ("random", 1), ("entropy", 0), ("entropy", 1)]):
         mine = [line for line in rows if line.startswith(f"[job {num} {strategy} seed{seed}] ")]
-        assert any(line.split("] ", 1)[1].split()[:2] == ["0", "20"] for line in mine), (num, proc.stdout[-3000:])
+        assert any(line.split("] ", 1)[1].split()[:2] == ["0", "20"] for line in mine), (num, stdout[-3000:])
         assert any(line.split("] ", 1)[1].startswith("Done.") for line in mine)
     # the sweep ends with the link to its budget curves, stored as a view of the experiment
     key = f"alframe-curves-sweep-{sweeps[0].name}"
-    assert f"/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART&viewStateShareKey={key}" in proc.stdout
+    assert f"/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART&viewStateShareKey={key}" in stdout
     assert f"mlflow.sharedViewState.{key}" in client.get_experiment(exp.experiment_id).tags
     for r in runs:
         assert r.data.tags["dataset"] == "digits" and r.data.tags["model"] == "small_cnn"
