@@ -21,7 +21,7 @@ from alframe import faults, protocols
 from alframe.config import ConfigError, instantiate_checked
 from alframe.data.base import ALData, LabelledView, make_loader
 from alframe.models.base import ALNet
-from alframe.models.lightning import quiet_lightning  # noqa: F401 (re-exported)
+from alframe.models.lightning import ALClassifier, quiet_lightning  # noqa: F401 (re-exported)
 from alframe.state import PoolState, atomic_write
 
 MODEL_FILE = "last_model.pt"
@@ -78,7 +78,18 @@ def build_module(cfg: DictConfig, net: ALNet, n_train: int = 1) -> pl.LightningM
                                             n_train)
     scheduler = instantiate_checked(cfg.model.scheduler, "model.scheduler") if cfg.model.get("scheduler") else None
     factory = instantiate_checked(OmegaConf.create(module_cfg), "model.module")
-    return factory(net=net, optimizer=optimizer, scheduler=scheduler)
+    module = factory(net=net, optimizer=optimizer, scheduler=scheduler)
+    if isinstance(module, ALClassifier):
+        module.automatic_optimization = needs_automatic_optimization(cfg)
+    return module
+
+
+def needs_automatic_optimization(cfg: DictConfig) -> bool:
+    """True when a Trainer argument works only with Lightning's automatic optimisation
+    (``trainer.extra.gradient_clip_val``, ``trainer.extra.accumulate_grad_batches`` > 1);
+    :class:`~alframe.models.lightning.ALClassifier` otherwise steps its optimiser itself."""
+    extra = cfg.trainer.get("extra") or {}
+    return extra.get("gradient_clip_val") is not None or int(extra.get("accumulate_grad_batches") or 1) != 1
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0) -> pl.Trainer:

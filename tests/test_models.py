@@ -220,3 +220,54 @@ def test_model_errors_stop_the_run_before_any_labelling(tmp_path, store):
     with pytest.raises(ConfigError, match=r"batchbald_cnn.*\(1, 8, 8\)"):
         Experiment(cfg, tmp_path / "out" / "job")
     assert not (tmp_path / "out" / "job" / "queries.csv").exists()
+
+
+# --------------------------------------------------------------------------- optimisation loop
+def _train_weights(cfg, automatic: bool, n: int = 70) -> tuple[dict, float]:
+    """Weights after fitting a fresh SmallCNN on ``n`` digits for 3 epochs (3 batches each, an
+    epoch-interval cosine schedule), with Lightning's automatic loop or ALClassifier's own."""
+    import pytorch_lightning as pl
+
+    from alframe.data.base import LabelledView, make_loader
+    from alframe.data.digits import digits
+    from alframe.training import build_module, build_net, build_trainer
+
+    data = digits()
+    pl.seed_everything(0, verbose=False)
+    module = build_module(cfg, build_net(cfg, 10, data.input_shape))
+    module.automatic_optimization = automatic
+    loader = make_loader(LabelledView(data.train, np.arange(n), data.targets[:n]), batch_size=32, shuffle=True, seed=0)
+    trainer = build_trainer(cfg, Path(cfg.paths.output_root), has_val=False)
+    trainer.fit(module, train_dataloaders=loader)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    return {k: v.clone() for k, v in module.net.state_dict().items()}, lr
+
+
+def test_alclassifier_steps_exactly_as_lightnings_automatic_loop(tmp_path):
+    """Same seed, same batches: the manual step (zero_grad, backward, step; scheduler per epoch)
+    leaves bit-identical weights and learning rate to Lightning's automatic optimisation."""
+    from .conftest import compose
+
+    cfg = compose(["trainer.max_epochs=3", "+model.scheduler._target_=torch.optim.lr_scheduler.CosineAnnealingLR",
+                   "+model.scheduler._partial_=true", "+model.scheduler.T_max=3"], tmp_path)
+    manual, lr_manual = _train_weights(cfg, automatic=False)
+    auto, lr_auto = _train_weights(cfg, automatic=True)
+    assert lr_manual == lr_auto == pytest.approx(0.0, abs=1e-12)  # cosine, T_max=3: all 3 epochs stepped
+    assert manual.keys() == auto.keys()
+    for k in manual:
+        assert torch.equal(manual[k], auto[k]), k
+
+
+def test_gradient_clipping_switches_to_lightnings_automatic_loop(tmp_path, store):
+    """``trainer.extra.gradient_clip_val`` works only with automatic optimisation: the run uses
+    it (and clips), instead of Lightning refusing manual optimisation."""
+    from alframe.loop import run_experiment
+    from alframe.training import build_module, build_net, needs_automatic_optimization
+
+    from .conftest import FAST, compose
+
+    cfg = compose([*FAST, "loop.rounds=1", "+trainer.extra.gradient_clip_val=0.5"], tmp_path)
+    assert needs_automatic_optimization(cfg)
+    assert build_module(cfg, build_net(cfg, 10, (1, 8, 8))).automatic_optimization
+    assert not needs_automatic_optimization(compose(FAST, tmp_path))
+    assert run_experiment(cfg, tmp_path / "job").status == "finished"

