@@ -66,3 +66,18 @@ def run(tmp_path, store):
         cfg = compose([*FAST, *overrides], tmp_path)
         return run_experiment(cfg, tmp_path / "runs" / job)
     return _run
+
+
+#: the run :func:`finished_run` holds (also what tests compare a fresh run of the same config against)
+SHARED_RUN = [*FAST, "seed=3", "trainer.max_epochs=2", "loop.rounds=2"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, mlflow_template):
+    """One finished default run (entropy on digits, :data:`SHARED_RUN`), made once per test
+    process and shared by tests that only read what a run stored. Tests must not write to it."""
+    from alframe.loop import run_experiment
+
+    out = tmp_path_factory.mktemp("shared_run")
+    shutil.copy(mlflow_template, out / "mlflow.db")
+    return run_experiment(compose(SHARED_RUN, out), out / "runs" / "job")

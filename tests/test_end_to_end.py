@@ -57,9 +57,8 @@ def test_run_logs_budget_curve_params_tags_and_artifacts(run, tmp_path):
     assert sorted(q["round"] for q in rows if q["round"] > 0) == sorted([1, 2, 3] * 10)
 
 
-def test_labels_come_from_the_oracle_not_the_dataset(run, tmp_path):
-    res = run("loop.rounds=1", "strategy=random")
-    state = PoolState.load(res.run_dir)
+def test_labels_come_from_the_oracle_not_the_dataset(finished_run):
+    state = PoolState.load(finished_run.run_dir)
     from alframe.data.digits import digits
     y = digits().targets
     lab = state.labelled_idx
@@ -67,12 +66,12 @@ def test_labels_come_from_the_oracle_not_the_dataset(run, tmp_path):
     assert (state.labels[state.pool_idx] == -1).all()
 
 
-def test_same_seed_same_queries_other_seed_other_queries(run):
+def test_same_seed_same_queries_other_seed_other_queries(finished_run, run):
     quick = ("trainer.max_epochs=2", "loop.rounds=2")
-    a = read_queries(run("seed=3", *quick, job="a").run_dir)
+    a = read_queries(finished_run.run_dir)  # the session's shared run: seed 3, made earlier, elsewhere
     b = read_queries(run("seed=3", *quick, job="b").run_dir)
     c = read_queries(run("seed=4", *quick, job="c").run_dir)
-    assert a == b
+    assert len(a) == 20 + 2 * 10 and a == b
     assert [q["index"] for q in a] != [q["index"] for q in c]
 
 
