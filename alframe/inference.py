@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
-from alframe.data.base import IndexedImages, make_loader
+from alframe.data.base import IndexedImages, batches, make_loader
 from alframe.models.base import DROPOUT_TYPES, ALNet, mc_dropout
 from alframe.models.lightning import quiet_lightning  # noqa: F401 (quiet in the spawned ranks too)
 
@@ -148,7 +148,7 @@ def _score(net: ALNet, dataset: Dataset, idx: np.ndarray, requires, mc_samples: 
            device, masks: ConsistentMasks | None = None) -> dict[str, torch.Tensor]:
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in requires}
     loader = make_loader(IndexedImages(dataset, idx), batch_size=batch_size)
-    for batch in loader:
+    for batch in batches(loader):
         x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device, non_blocking=True)
         for k, v in _score_batch(net, x, requires, mc_samples, masks).items():
             chunks[k].append(v)
@@ -405,7 +405,7 @@ def evaluate_many(net: ALNet, datasets: list[Dataset], batch_size: int = 512, de
         pairs = []
         for i in todo:
             logits, ys = [], []
-            for x, y in make_loader(datasets[i], batch_size=batch_size):
+            for x, y in batches(make_loader(datasets[i], batch_size=batch_size)):
                 logits.append(net(x.to(device)).float().cpu())
                 ys.append(torch.as_tensor(y))
             pairs.append((torch.cat(logits), torch.cat(ys).long()))

@@ -9,6 +9,8 @@ so the only way a label reaches the model is through an oracle.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -238,6 +240,40 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int |
                                            persistent_workers=workers > 0)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
                                        num_workers=workers, collate_fn=_collate_batched)
+
+
+_LIBC: ctypes.CDLL | None | bool = None
+
+
+def trim_heap() -> bool:
+    """Hand the memory that glibc's allocator keeps after ``free`` back to the OS (``malloc_trim``).
+
+    Scoring batches that arrive from DataLoader worker processes makes glibc keep freed
+    intermediate tensors in its heap: the main process grew by ~13 MB per batch of 512 128-px
+    images (1.1 GiB over 40 batches; 2.9 GiB peak over a 100,000-file pool), and stays flat
+    with a trim after each batch. Returns False (and does nothing) off glibc, e.g. macOS.
+    """
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+            _LIBC = _LIBC if _LIBC and hasattr(_LIBC, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
+def batches(loader: torch.utils.data.DataLoader):
+    """The batches of ``loader``; with worker processes, :func:`trim_heap` after each one, so
+    scoring a pool larger than memory keeps the main process's memory flat."""
+    for batch in loader:
+        yield batch
+        if loader.num_workers > 0:
+            trim_heap()
 
 
 @dataclass
