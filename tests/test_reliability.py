@@ -78,10 +78,14 @@ def test_multirun_resume_finds_each_jobs_sweep_subfolder(tmp_path):
     assert len(jobs) == 2
     for j in jobs:
         fill_labels(j / "queries" / "round_0" / "labels.csv", digits().targets)
-    again = cli(*sweep, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    refused = cli(*[a for a in sweep if a != "loop.resume=true"], cwd=tmp_path)
-    assert refused.returncode == 0 and refused.stderr.count("already holds a run") == 0  # pending: nothing new
+    def run_files():  # what the runs hold (Hydra rewrites its .hydra/ configs and appends to the job log)
+        return {p: p.read_bytes() for p in (tmp_path / "S").rglob("*")
+                if p.is_file() and ".hydra" not in p.parts and p.suffix not in (".log", ".yaml")}
+
+    before = run_files()
+    refused = cli(*sweep, cwd=tmp_path)  # the same sweep again without loop.resume: refused, nothing touched
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr and "loop.resume=true" in refused.stderr
+    assert run_files() == before and any(p.name == "pool_state.npz" for p in before)
     resumed = cli(*sweep, "loop.resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     for j in jobs:
