@@ -187,16 +187,18 @@ class KMeansSampling(QueryStrategy):
     DeepAL+). A cluster left empty (only with fewer distinct points than k) is filled with the
     unused candidate nearest its centre.
 
-    Clustering: faiss Lloyd iterations from k-means++ seeds (:func:`alframe.strategies.clustering.kmeans`),
-    float32; 50,000 x 512 embeddings with k = 1,000 take seconds, with an inertia within 1% of
-    scikit-learn's KMeans (``python -m benchmarks strategies``). Memory O(M D).
+    Clustering: exact Lloyd iterations from greedy k-means++ seeds, accelerated with candidate
+    lists and a triangle-inequality bound, faiss for the exhaustive searches
+    (:func:`alframe.strategies.clustering.kmeans`), float32; 50,000 x 512 embeddings with
+    k = 1,000 take seconds, with an inertia within 1% of scikit-learn's KMeans
+    (``python -m benchmarks clustering``). Memory O(M D + k^2).
 
     Reads ``embeddings: [M, D]``.
 
     Args:
         name: display name.
         n_init: k-means restarts (the lowest inertia wins).
-        max_iter: Lloyd iterations per restart (faiss runs all of them).
+        max_iter: at most this many Lloyd iterations per restart (fewer when converged).
 
     Raises:
         ValueError: ``n_init`` or ``max_iter`` < 1.
@@ -332,9 +334,9 @@ class TypiClust(QueryStrategy):
     High and Low Budgets" (ICML), TPC-RP; meant for the initial and low-budget rounds. The
     paper clusters self-supervised features; alframe uses the model's penultimate embeddings.
     The authors' code clusters with scikit-learn (KMeans up to 50 clusters, MiniBatchKMeans
-    above) and measures typicality with faiss; alframe does both with faiss (k-means from
-    k-means++ seeds, :func:`alframe.strategies.clustering.kmeans`, ``max_iter`` Lloyd
-    iterations; exact k-NN per cluster), so 50,000 x 512 embeddings take seconds.
+    above) and measures typicality with faiss; alframe clusters with exact Lloyd iterations from
+    greedy k-means++ seeds (:func:`alframe.strategies.clustering.kmeans`, at most ``max_iter``)
+    and takes the exact k-NN within each cluster, so 50,000 x 512 embeddings take seconds.
 
     Reads ``embeddings: [M, D]`` and ``labelled_embeddings: [L, D]`` (L may be 0).
 
@@ -343,7 +345,7 @@ class TypiClust(QueryStrategy):
         k_nn: neighbours for typicality (20 in the paper).
         min_cluster_size: clusters with at most this many points are visited last (5).
         max_clusters: cap on the number of clusters (500).
-        max_iter: Lloyd iterations of the clustering (20).
+        max_iter: at most this many Lloyd iterations of the clustering (20; fewer when converged).
     """
 
     requires = frozenset({"embeddings", "labelled_embeddings"})
