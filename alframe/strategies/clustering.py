@@ -179,6 +179,19 @@ def _nearest(x: np.ndarray, centres: np.ndarray, m: int) -> tuple[np.ndarray, np
     return cand[:, :m].copy(), np.maximum(sq[:, :m], 0.0), bound
 
 
+def _reassign(clusters: np.ndarray, *, xs, start, order, pool, c, cn, new_a, near) -> None:
+    """Nearest candidate centre of every member of ``clusters`` (one small product per cluster,
+    numpy frees the GIL in it): writes ``new_a`` and the squared distance minus ``|x|^2`` to
+    ``near``, at the points' original rows."""
+    for j in clusters:
+        s, e = start[j], start[j + 1]
+        cols = np.flatnonzero(pool[j])
+        sq = cn[cols] - 2.0 * (xs[s:e] @ c[cols].T)
+        pick = sq.argmin(1)
+        new_a[order[s:e]] = cols[pick]
+        near[order[s:e]] = sq[np.arange(e - s), pick]
+
+
 def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, candidates: int = CANDIDATES) -> KMeansResult:
     """Exact Lloyd iterations from given centres, computing distances only where a point's
     cluster can change (see the module docstring).
@@ -232,7 +245,7 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, candidates: int = CANDID
             new[j] = xs[start[j]:start[j + 1]].sum(0) / size[j]
         if not full.all():  # empty clusters take the points farthest from their own centres
             far = np.einsum("ij,ij->i", x - c[a], x - c[a], dtype=np.float64)
-            for j, i in zip(np.flatnonzero(~full), np.argsort(-far, kind="stable")):
+            for j, i in zip(np.flatnonzero(~full), np.argsort(-far, kind="stable"), strict=False):
                 new[j] = x[i]
         move = np.sqrt(np.square(new - c, dtype=np.float64).sum(1))
         c = new
@@ -245,16 +258,9 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, candidates: int = CANDID
         new_a = np.empty_like(a)
         near = np.empty(n, dtype=np.float64)
 
-        def reassign(clusters: np.ndarray):  # many small products; numpy frees the GIL in them
-            for j in clusters:
-                s, e = start[j], start[j + 1]
-                cols = np.flatnonzero(pool[j])
-                sq = cn[cols] - 2.0 * (xs[s:e] @ c[cols].T)
-                pick = sq.argmin(1)
-                new_a[order[s:e]] = cols[pick]
-                near[order[s:e]] = sq[np.arange(e - s), pick]
-
         nonempty = np.flatnonzero(full)
+        reassign = functools.partial(_reassign, xs=xs, start=start, order=order, pool=pool, c=c, cn=cn,
+                                     new_a=new_a, near=near)
         with one_blas_thread():
             if threads > 1 and len(nonempty) >= 2 * threads:
                 # split the clusters into runs of about equal numbers of points
