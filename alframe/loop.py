@@ -138,6 +138,7 @@ class Experiment:
         target = cfg.loop.get("target_accuracy")
         self.target = (None if target is None else float(target), str(cfg.loop.get("target_metric", "test_accuracy")))
         self.job = LabellingJob(cfg, self.data, self.state, self.run_dir, self.device)  # stop set, model export
+        self._queries_csv: str | None = None  # last text written to queries.csv
 
     @property
     def progress(self) -> RunProgress:
@@ -301,8 +302,8 @@ class Experiment:
     def _save(self) -> None:
         self.state.save(self.run_dir)
         faults.point("state_saved")
-        write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names,
-                          self.data.extras.get("files"))
+        self._queries_csv = write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names,
+                                              self.data.extras.get("files"), previous=self._queries_csv)
 
     def _start_tracking(self) -> Tracker:
         cfg, p = self.cfg, self.progress

@@ -39,7 +39,8 @@ class OracleSession:
         """Send ``idx`` (``[k] int64`` pool indices) to the oracle for round ``round``.
 
         Args:
-            net: the model whose prediction and confidence are shown as the suggestion, or None.
+            net: the model whose prediction and confidence are shown as the suggestion, or None
+                (not computed for an oracle whose ``uses_suggestion`` is False).
 
         Returns:
             ``(complete, metrics)``: complete is False while labels are pending; metrics (when
@@ -51,7 +52,7 @@ class OracleSession:
         """
         progress_ = self.state.progress
         predicted = confidence = None
-        if net is not None and len(idx):
+        if net is not None and len(idx) and getattr(self.oracle, "uses_suggestion", True):
             probs = compute_outputs(net, self.data.train, idx, {"probs"}, device=self.device).probs
             confidence, predicted = (t.numpy() for t in probs.max(dim=1))
         prev = progress_.pending

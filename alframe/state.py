@@ -229,7 +229,8 @@ class PoolState:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the state and its progress atomically into ``directory``: one ``.npz`` (temp
         file + ``os.replace``) holds both, so a crash never pairs labels with another round's
-        progress; ``pool_state.json`` is a readable copy written after it.
+        progress; ``pool_state.json`` is a readable copy written after it (not fsynced: the
+        next save rewrites it, and resuming reads the ``.npz``).
 
         Returns:
             Path of the ``.npz`` file written.
@@ -241,7 +242,7 @@ class PoolState:
         atomic_write(npz_path, lambda f: np.savez(
             f, labelled_round=self.labelled_round, labels=self.labels, available=self.available,
             progress=np.array(blob)))
-        atomic_write(directory / META_FILE, lambda f: f.write(blob.encode()))
+        atomic_write(directory / META_FILE, lambda f: f.write(blob.encode()), durable=False)
         return npz_path
 
     @classmethod
@@ -284,15 +285,21 @@ class PoolState:
         return state
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, durable: bool = True) -> None:
     """Write ``path`` atomically: ``write(binary_file)`` fills a temp file in the same folder,
-    which is fsynced and moved over ``path`` with ``os.replace`` (a crash leaves the old file)."""
+    which is moved over ``path`` with ``os.replace`` (a crash leaves the old file).
+
+    Args:
+        durable: fsync the file before the move, so it survives a power cut too (a few ms). Files
+            rewritten from the saved state at the next save (readable copies) pass False.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

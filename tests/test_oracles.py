@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from alframe.data.digits import digits
 from alframe.loop import Experiment, initial_indices
-from alframe.oracles import LabelRequest, NoisyOracle, StoredOracle, TerminalOracle, parse_label
+from alframe.oracles import LabelRequest, LabelResult, NoisyOracle, StoredOracle, TerminalOracle, parse_label
 from alframe.oracles.answers import SKIP, AnswerStore
 from alframe.oracles.render import RAMP, HalfBlockImage, terminal_preview
 from alframe.state import PoolState
@@ -318,3 +318,32 @@ def test_pseudo_label_threshold_is_validated(tmp_path):
     cfg = compose(["loop.pseudo_label_threshold=1.5"], tmp_path)
     with pytest.raises(ConfigError, match="pseudo_label_threshold=1.5"):
         Experiment(cfg, tmp_path / "job")
+
+
+@pytest.mark.parametrize("oracle_cls,computes", [(StoredOracle, False), (NoisyOracle, False), (TerminalOracle, True)])
+def test_the_suggestion_is_computed_only_for_oracles_that_show_it(data, tmp_path, monkeypatch, oracle_cls, computes):
+    import alframe.oracle_session as session_mod
+    from alframe.models.cnn import SmallCNN
+    from alframe.oracle_session import OracleSession
+
+    calls = []
+    real = session_mod.compute_outputs
+    monkeypatch.setattr(session_mod, "compute_outputs", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    seen = []
+
+    class Recorder(oracle_cls):  # the oracle's defaults; only the request matters here
+        def label(self, request):  # the true labels, whatever the oracle would have asked
+            seen.append(request)
+            return LabelResult(idx=request.idx.copy(), labels=data.targets[request.idx])
+
+    state = PoolState.create(data.n_train, holdout=data.val_idx)
+    oracle = Recorder()
+    oracle.setup(data, tmp_path)
+    net = SmallCNN(data.num_classes, data.input_shape).eval()
+    idx = state.pool_idx[:2]
+    done, _ = OracleSession(oracle, data, state, lambda: None).ask(1, idx, net)
+    assert done and state.labelled_idx.tolist() == idx.tolist()
+    assert (len(calls) == 1) == computes
+    assert (seen[0].predicted is not None) == computes
+    if computes:
+        assert seen[0].predicted.shape == (2,) and ((seen[0].confidence > 0) & (seen[0].confidence <= 1)).all()

@@ -95,3 +95,48 @@ def test_even_batches_cover_every_sample_once_per_epoch():
     assert [len(b) for b in EvenBatchSampler(64, 32)] == [32, 32]
     again = list(EvenBatchSampler(130, 128, generator=torch.Generator().manual_seed(0)))
     assert again == batches  # seeded: the same epochs on resume
+
+
+def test_atomic_write_fsyncs_only_durable_files(tmp_path, monkeypatch):
+    import os
+
+    from alframe.state import atomic_write
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    atomic_write(tmp_path / "a.bin", lambda f: f.write(b"one"))
+    atomic_write(tmp_path / "b.txt", lambda f: f.write(b"two"), durable=False)
+    assert len(synced) == 1
+    assert (tmp_path / "a.bin").read_bytes() == b"one" and (tmp_path / "b.txt").read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt"]  # no temp files left
+
+
+def test_save_fsyncs_the_state_but_not_its_readable_copy(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    s = make()
+    s.label(np.array([3]), np.array([7]), round=0)
+    s.save(tmp_path)
+    assert len(synced) == 1 and ".pool_state.npz." in synced[0]
+    assert PoolState.load(tmp_path).labels[3] == 7
+
+
+def test_queries_csv_is_written_only_when_the_labelled_set_changes(tmp_path):
+    from alframe.tracking import write_queries_csv
+
+    s, path = make(), tmp_path / "queries.csv"
+    s.label(np.array([3, 1]), np.array([1, 2]), round=0)
+    text = write_queries_csv(path, s, ["a", "b", "c"])
+    assert path.read_bytes().decode() == text == "round,index,label,class_name\r\n0,1,2,c\r\n0,3,1,b\r\n"
+    inode = path.stat().st_ino
+    assert write_queries_csv(path, s, ["a", "b", "c"], previous=text) == text
+    assert path.stat().st_ino == inode  # same text: the file was not replaced
+    s.label(np.array([5]), np.array([0]), round=1)
+    text2 = write_queries_csv(path, s, ["a", "b", "c"], previous=text)
+    assert path.stat().st_ino != inode and path.read_bytes().decode() == text2 and text2.endswith("1,5,0,a\r\n")
+    path.unlink()  # a missing file is written again even when the text is unchanged
+    assert write_queries_csv(path, s, ["a", "b", "c"], previous=text2) == text2 and path.read_bytes().decode() == text2

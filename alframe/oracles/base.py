@@ -64,6 +64,9 @@ class Oracle:
     name: str = "oracle"
     #: True when a person answers (label_seconds are logged, progress output pauses).
     interactive: bool = False
+    #: False when the oracle never reads ``LabelRequest.predicted`` / ``confidence`` (simulations):
+    #: the loop then skips the model's forward pass that computes the suggestion.
+    uses_suggestion: bool = True
 
     def setup(self, data: ALData, run_dir: Path) -> None:
         """Bind the oracle to the experiment's data and output folder."""

@@ -14,6 +14,7 @@ class StoredOracle(Oracle):
     """
 
     name = "stored"
+    uses_suggestion = False
 
     def setup(self, data, run_dir) -> None:
         super().setup(data, run_dir)
