@@ -9,10 +9,9 @@ and a lower bound on the distance to every other centre; later iterations comput
 only to the candidates (one small matrix product per cluster) and lower the bound by the
 largest centre move. A point whose nearest candidate is not within its bound is searched
 exhaustively again. The assignments are those of plain Lloyd iterations, at a fraction of the
-cost once few points change cluster, and the iterations stop when none does. At 50,000 x 512
-points and k = 1,000, one exhaustive pass is 51 GFLOP (1.3 s on 2 cores of the development
-machine), so 20 plain iterations cannot go under 26 s (``python -m benchmarks clustering``).
-faiss has no k-means++, so the centres start from k-means++ seeding (Arthur & Vassilvitskii
+cost once few points change cluster (one exhaustive pass at 50,000 x 512 points and k = 1,000
+is 51 GFLOP), and the iterations stop when none does (``python -m benchmarks clustering``).
+The centres start from greedy k-means++ seeding (Arthur & Vassilvitskii
 2007) on a random subsample of ``max(3 k, 3072)`` rows, as scikit-learn's MiniBatchKMeans does
 (``init_size``): robust for few, well-separated clusters, and cheap for many.
 """
