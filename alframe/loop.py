@@ -184,9 +184,11 @@ class Experiment:
                 complete = self._label(r + 1, chosen, net, tracker)
             if complete:
                 p.finished = True
+                self._queue_unlogged(tracker)  # sent by the run's finish request
                 self._save()
             return self._finish(tracker, "finished" if complete else "pending")
         except BaseException as e:
+            self._queue_unlogged(tracker)  # sent by tracker.finish below
             self._save()
             tracker.finish("FAILED" if isinstance(e, Exception) else "KILLED")
             raise
@@ -215,7 +217,9 @@ class Experiment:
                        prev: ALNet | None = None) -> ALNet:
         """Train round ``r``'s model, evaluate, log at step = number of labels, and save."""
         net, row = self._train(r, prev)
+        self._queue_unlogged(tracker, forget=False)  # the labels' metrics go in the same request
         tracker.log_metrics(row, step=self.state.n_labelled)
+        self.progress.unlogged.clear()  # sent; the save below records it
         self.job.after_round(r, net, tracker)  # stop_kappa, machine-label evidence
         faults.point("logged")
         self.progress.history.append(row)
@@ -260,11 +264,21 @@ class Experiment:
         return chosen
 
     def _label(self, r: int, idx: np.ndarray, net: ALNet | None, tracker: Tracker) -> bool:
-        """Ask the oracle for round ``r``'s labels; False while some are pending."""
-        complete, metrics = self.session.ask(r, idx, net)
-        if complete:
-            tracker.log_metrics(metrics, step=self.state.n_labelled)
+        """Ask the oracle for round ``r``'s labels; False while some are pending. The batch's
+        metrics (labels received, a person's seconds) wait in ``progress.unlogged``, saved with
+        the labels, and go to MLflow with the next round's metrics (one request per round)."""
+        complete, _ = self.session.ask(r, idx, net)
         return complete
+
+    def _queue_unlogged(self, tracker: Tracker, forget: bool = True) -> None:
+        """Hand the saved, not yet logged metrics of labelled batches to ``tracker`` (deferred:
+        its next request sends them); ``forget`` clears them from the progress record now, else
+        the caller clears them once that request succeeded. The state is saved after that, so a
+        crash in between sends them again on resume (the same values at the same step)."""
+        for entry in self.progress.unlogged:
+            tracker.log_metrics(entry["metrics"], step=int(entry["step"]), defer=True)
+        if forget:
+            self.progress.unlogged.clear()
 
     def _stop_reason(self) -> str | None:
         loop, s, p = self.cfg.loop, self.state, self.progress

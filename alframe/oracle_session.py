@@ -45,7 +45,8 @@ class OracleSession:
         Returns:
             ``(complete, metrics)``: complete is False while labels are pending; metrics (when
             complete) hold ``labels_received``, ``label_seconds``, ``label_seconds_total`` and
-            the oracle's own facts (e.g. ``noise_rate``), to log at step = number of labels.
+            the oracle's own facts (e.g. ``noise_rate``), to log at step = number of labels. They
+            are also appended to ``state.progress.unlogged`` and saved with the labels.
 
         Raises:
             RuntimeError: the oracle labelled indices that were not requested.
@@ -81,12 +82,14 @@ class OracleSession:
             pending.idx = [int(i) for i in idx if self.state.labelled_round[i] < 0]
             self.save()
             return False, {}
-        progress_.pending = None
-        progress_.round = round
-        self.save()
         metrics = {"labels_received": float(pending.received)}
         if pending.seconds:
             metrics["label_seconds"] = float(np.mean(pending.seconds))
             metrics["label_seconds_total"] = float(np.sum(pending.seconds))
         metrics.update(result.info)
+        progress_.pending = None
+        progress_.round = round
+        # saved with the labels; the loop sends them to MLflow with its next request
+        progress_.unlogged.append({"step": int(self.state.n_labelled), "metrics": metrics})
+        self.save()
         return True, metrics

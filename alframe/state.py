@@ -55,6 +55,9 @@ class RunProgress:
         run_id: MLflow run id of this job (the same run on every resume).
         tracking_uri: the MLflow store the run lives in.
         seed_labels: labels a person gave before the run (``dataset.seed_labels``), round 0.
+        unlogged: metrics recorded with the labels of a batch but not yet sent to MLflow, as
+            ``{"step": number of labels, "metrics": {name: value}}``; the loop sends them with the
+            next round's metrics in one request (saved here, so a crash in between loses none).
     """
 
     dataset_fingerprint: str = ""
@@ -67,6 +70,7 @@ class RunProgress:
     run_id: str | None = None
     tracking_uri: str | None = None
     seed_labels: int = 0
+    unlogged: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (with a format ``version``)."""

@@ -347,3 +347,48 @@ def test_the_suggestion_is_computed_only_for_oracles_that_show_it(data, tmp_path
     assert (seen[0].predicted is not None) == computes
     if computes:
         assert seen[0].predicted.shape == (2,) and ((seen[0].confidence > 0) & (seen[0].confidence <= 1)).all()
+
+
+def test_batch_metrics_survive_an_interrupt_before_the_next_log_and_are_sent_once(store, tmp_path, monkeypatch):
+    """The metrics of a labelled batch travel with the next round's metrics; an interrupt while
+    that round trains still sends them (with the KILLED run), and the resume does not repeat them."""
+    import alframe.loop as loop_mod
+
+    real_fit, calls = loop_mod.fit, []
+
+    def fit_interrupted_in_round_1(cfg, data, state, round, *a, **k):
+        calls.append(round)
+        if round == 1 and calls.count(1) == 1:
+            raise KeyboardInterrupt("interrupted during training")
+        return real_fit(cfg, data, state, round, *a, **k)
+
+    monkeypatch.setattr(loop_mod, "fit", fit_interrupted_in_round_1)
+    cfg = compose([*TINY, "loop.rounds=2"], tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        Experiment(cfg, tmp_path / "job").run()
+    state = PoolState.load(tmp_path / "job")
+    assert state.n_labelled == 10 and state.progress.round == 1 and state.progress.evaluated_round == 0
+    assert state.progress.unlogged == []  # handed to MLflow by the interrupted run
+    run_id = state.progress.run_id
+    client = MlflowClient(f"sqlite:///{store}")
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert metric(f"sqlite:///{store}", run_id, "labels_received") == [(6, 6.0), (10, 4.0)]
+
+    res = Experiment(compose([*TINY, "loop.rounds=2", "loop.resume=true"], tmp_path), tmp_path / "job").run()
+    assert res.status == "finished" and res.run_id == run_id
+    assert metric(res.tracking_uri, run_id, "labels_received") == [(6, 6.0), (10, 4.0), (14, 4.0)]
+    assert [s for s, _ in metric(res.tracking_uri, run_id, "test_accuracy")] == [6, 10, 14]
+
+
+def test_saved_unlogged_metrics_are_sent_on_resume(store, tmp_path):
+    """A process killed after the labels were saved, before they reached MLflow (simulated by
+    writing the record the labelling step saves): the resume sends them at their step."""
+    cfg = compose([*TINY, "loop.rounds=2"], tmp_path)
+    res = Experiment(cfg, tmp_path / "job").run()
+    state = PoolState.load(res.run_dir)
+    state.progress.finished, state.progress.evaluated_round = False, 1
+    state.progress.unlogged = [{"step": 10, "metrics": {"label_seconds": 2.5}}]
+    state.save(res.run_dir)
+    Experiment(compose([*TINY, "loop.rounds=2", "loop.resume=true"], tmp_path), tmp_path / "job").run()
+    assert metric(res.tracking_uri, res.run_id, "label_seconds") == [(10, 2.5)]
+    assert PoolState.load(res.run_dir).progress.unlogged == []

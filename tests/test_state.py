@@ -140,3 +140,12 @@ def test_queries_csv_is_written_only_when_the_labelled_set_changes(tmp_path):
     assert path.stat().st_ino != inode and path.read_bytes().decode() == text2 and text2.endswith("1,5,0,a\r\n")
     path.unlink()  # a missing file is written again even when the text is unchanged
     assert write_queries_csv(path, s, ["a", "b", "c"], previous=text2) == text2 and path.read_bytes().decode() == text2
+
+
+def test_progress_of_an_earlier_version_loads_with_no_unlogged_metrics():
+    d = RunProgress(round=2, evaluated_round=2).to_dict()
+    del d["unlogged"]  # saved before the field existed
+    p = RunProgress.from_dict(d)
+    assert p.unlogged == [] and p.round == 2
+    p.unlogged.append({"step": 3, "metrics": {"labels_received": 3.0}})
+    assert RunProgress.from_dict(p.to_dict()).unlogged == [{"step": 3, "metrics": {"labels_received": 3.0}}]
