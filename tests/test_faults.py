@@ -80,8 +80,9 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("oracle,kill,kill_session",
-                         [("stored", k, 0) for k in KILL_POINTS]
-                         + [("files", k, s) for k in FILES_KILL_POINTS for s in (1, 3)][:20])
+                         [pytest.param(o, k, s, id=f"{o}-{k[0]}{k[1]}-session{s}") for o, k, s in
+                          [("stored", k, 0) for k in KILL_POINTS]
+                          + [("files", k, s) for k in FILES_KILL_POINTS for s in (1, 3)][:20]])
 def test_sigkill_then_resume_equals_the_uninterrupted_run(oracle, kill, kill_session, reference, tmp_path):
     run_dir = tmp_path / "run"
     given = drive(run_dir, oracle, kill, kill_session)
@@ -92,3 +93,14 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(oracle, kill, kill_ses
     np.testing.assert_array_equal(state.labels, want.labels)
     for i, y in given.items():  # every label the person wrote is in the final labelled set
         assert state.labels[i] == y
+    # every batch's metrics reached the run's MLflow record (a resume may send one twice, never none)
+    assert batch_metrics(run_dir) == batch_metrics(ref)
+
+
+def batch_metrics(run_dir: Path) -> set[tuple[int, float]]:
+    """``(step, labels_received)`` pairs that the run logged to MLflow."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir.parent / 'mlflow.db'}")
+    run_id = PoolState.load(run_dir).progress.run_id
+    return {(m.step, m.value) for m in client.get_metric_history(run_id, "labels_received")}
