@@ -138,7 +138,7 @@ class Experiment:
         target = cfg.loop.get("target_accuracy")
         self.target = (None if target is None else float(target), str(cfg.loop.get("target_metric", "test_accuracy")))
         self.job = LabellingJob(cfg, self.data, self.state, self.run_dir, self.device)  # stop set, model export
-        self._queries_csv: str | None = None  # last text written to queries.csv
+        self._csv_labels = -1  # labelled-set size queries.csv was last written for (it only grows)
 
     @property
     def progress(self) -> RunProgress:
@@ -185,10 +185,12 @@ class Experiment:
             if complete:
                 p.finished = True
                 self._queue_unlogged(tracker)  # sent by the run's finish request
+                p.unlogged.clear()
                 self._save()
             return self._finish(tracker, "finished" if complete else "pending")
         except BaseException as e:
             self._queue_unlogged(tracker)  # sent by tracker.finish below
+            self.progress.unlogged.clear()
             self._save()
             tracker.finish("FAILED" if isinstance(e, Exception) else "KILLED")
             raise
@@ -217,7 +219,7 @@ class Experiment:
                        prev: ALNet | None = None) -> ALNet:
         """Train round ``r``'s model, evaluate, log at step = number of labels, and save."""
         net, row = self._train(r, prev)
-        self._queue_unlogged(tracker, forget=False)  # the labels' metrics go in the same request
+        self._queue_unlogged(tracker)  # the labels' metrics go in the same request
         tracker.log_metrics(row, step=self.state.n_labelled)
         self.progress.unlogged.clear()  # sent; the save below records it
         self.job.after_round(r, net, tracker)  # stop_kappa, machine-label evidence
@@ -270,15 +272,12 @@ class Experiment:
         complete, _ = self.session.ask(r, idx, net)
         return complete
 
-    def _queue_unlogged(self, tracker: Tracker, forget: bool = True) -> None:
+    def _queue_unlogged(self, tracker: Tracker) -> None:
         """Hand the saved, not yet logged metrics of labelled batches to ``tracker`` (deferred:
-        its next request sends them); ``forget`` clears them from the progress record now, else
-        the caller clears them once that request succeeded. The state is saved after that, so a
-        crash in between sends them again on resume (the same values at the same step)."""
+        its next request sends them). The caller clears ``progress.unlogged`` and saves after
+        that, so a crash in between sends them again on resume (the same values at the same step)."""
         for entry in self.progress.unlogged:
             tracker.log_metrics(entry["metrics"], step=int(entry["step"]), defer=True)
-        if forget:
-            self.progress.unlogged.clear()
 
     def _stop_reason(self) -> str | None:
         loop, s, p = self.cfg.loop, self.state, self.progress
@@ -316,8 +315,10 @@ class Experiment:
     def _save(self) -> None:
         self.state.save(self.run_dir)
         faults.point("state_saved")
-        self._queries_csv = write_queries_csv(self.run_dir / "queries.csv", self.state, self.data.class_names,
-                                              self.data.extras.get("files"), previous=self._queries_csv)
+        path = self.run_dir / "queries.csv"
+        if self.state.n_labelled != self._csv_labels or not path.is_file():  # labels are only ever added
+            write_queries_csv(path, self.state, self.data.class_names, self.data.extras.get("files"))
+            self._csv_labels = self.state.n_labelled
 
     def _start_tracking(self) -> Tracker:
         cfg, p = self.cfg, self.progress

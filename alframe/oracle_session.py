@@ -53,7 +53,7 @@ class OracleSession:
         """
         progress_ = self.state.progress
         predicted = confidence = None
-        if net is not None and len(idx) and getattr(self.oracle, "uses_suggestion", True):
+        if net is not None and len(idx) and self.oracle.uses_suggestion:
             probs = compute_outputs(net, self.data.train, idx, {"probs"}, device=self.device).probs
             confidence, predicted = (t.numpy() for t in probs.max(dim=1))
         prev = progress_.pending

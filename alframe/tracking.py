@@ -312,8 +312,7 @@ def start_run(tracking_uri: str, experiment_name: str, run_id: str | None, run_n
     return tracker
 
 
-def write_queries_csv(path: Path, state, class_names: list[str], files: list[str] | None = None,
-                      previous: str | None = None) -> str:
+def write_queries_csv(path: Path, state, class_names: list[str], files: list[str] | None = None) -> None:
     """``queries.csv``: one row per label received (round, index, label, class_name and, for
     folder datasets, ``file``), ordered by round then index; round 0 is the initial labelled set.
     A readable copy of the saved state: replaced atomically, not fsynced (the next save rewrites it).
@@ -322,11 +321,6 @@ def write_queries_csv(path: Path, state, class_names: list[str], files: list[str
         state: the run's :class:`~alframe.state.PoolState`.
         class_names: ``[C]`` names of the classes.
         files: ``[N]`` image paths relative to the dataset root (folder datasets), or None.
-        previous: the text this call returned last time for ``path``; when the labelled set
-            gives the same text and the file exists, nothing is written.
-
-    Returns:
-        The file's text.
     """
     import csv
     import io
@@ -343,10 +337,7 @@ def write_queries_csv(path: Path, state, class_names: list[str], files: list[str
     for i in idx[order]:
         y = int(state.labels[i])
         w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]] + ([files[i]] if files is not None else []))
-    text = buf.getvalue()
-    if text != previous or not Path(path).is_file():
-        atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")), durable=False)
-    return text
+    atomic_write(Path(path), lambda f: f.write(buf.getvalue().encode("utf-8")), durable=False)
 
 
 def save_labelled_set(path: Path, state) -> None:

@@ -392,3 +392,27 @@ def test_saved_unlogged_metrics_are_sent_on_resume(store, tmp_path):
     Experiment(compose([*TINY, "loop.rounds=2", "loop.resume=true"], tmp_path), tmp_path / "job").run()
     assert metric(res.tracking_uri, res.run_id, "label_seconds") == [(10, 2.5)]
     assert PoolState.load(res.run_dir).progress.unlogged == []
+
+
+def test_queries_csv_is_written_only_when_the_labelled_set_changes(store, tmp_path, monkeypatch):
+    import alframe.loop as loop_mod
+
+    writes = []
+    real = loop_mod.write_queries_csv
+    monkeypatch.setattr(loop_mod, "write_queries_csv", lambda path, state, *a: (writes.append(state.n_labelled),
+                                                                                 real(path, state, *a))[1])
+    exp = Experiment(compose([*TINY, "loop.rounds=2"], tmp_path), tmp_path / "job")
+    res = exp.run()
+    assert writes == [0, 6, 10, 14]  # the new run's empty set, then once per labelled batch
+    path = res.run_dir / "queries.csv"
+    state = PoolState.load(res.run_dir)
+    rows = path.read_bytes().decode().splitlines()
+    assert rows[0] == "round,index,label,class_name" and len(rows) == 1 + state.n_labelled
+    assert rows[1:] == [f"{state.labelled_round[i]},{i},{state.labels[i]},{state.labels[i]}"
+                        for i in sorted(state.labelled_idx, key=lambda i: (state.labelled_round[i], i))]
+    inode = path.stat().st_ino
+    exp._save()  # same labelled set: the file is not replaced
+    assert path.stat().st_ino == inode and writes == [0, 6, 10, 14]
+    path.unlink()  # a missing file is written again
+    exp._save()
+    assert path.read_bytes().decode().splitlines() == rows and writes[-1] == 14 and len(writes) == 5

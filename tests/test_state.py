@@ -125,23 +125,6 @@ def test_save_fsyncs_the_state_but_not_its_readable_copy(tmp_path, monkeypatch):
     assert PoolState.load(tmp_path).labels[3] == 7
 
 
-def test_queries_csv_is_written_only_when_the_labelled_set_changes(tmp_path):
-    from alframe.tracking import write_queries_csv
-
-    s, path = make(), tmp_path / "queries.csv"
-    s.label(np.array([3, 1]), np.array([1, 2]), round=0)
-    text = write_queries_csv(path, s, ["a", "b", "c"])
-    assert path.read_bytes().decode() == text == "round,index,label,class_name\r\n0,1,2,c\r\n0,3,1,b\r\n"
-    inode = path.stat().st_ino
-    assert write_queries_csv(path, s, ["a", "b", "c"], previous=text) == text
-    assert path.stat().st_ino == inode  # same text: the file was not replaced
-    s.label(np.array([5]), np.array([0]), round=1)
-    text2 = write_queries_csv(path, s, ["a", "b", "c"], previous=text)
-    assert path.stat().st_ino != inode and path.read_bytes().decode() == text2 and text2.endswith("1,5,0,a\r\n")
-    path.unlink()  # a missing file is written again even when the text is unchanged
-    assert write_queries_csv(path, s, ["a", "b", "c"], previous=text2) == text2 and path.read_bytes().decode() == text2
-
-
 def test_progress_of_an_earlier_version_loads_with_no_unlogged_metrics():
     d = RunProgress(round=2, evaluated_round=2).to_dict()
     del d["unlogged"]  # saved before the field existed
