@@ -97,13 +97,14 @@ def kmeans_pp_seeds(x: np.ndarray, k: int, rng: np.random.Generator, n_trials: i
     n = xt.shape[0]
     xn = xt.square().sum(1)
 
-    def sq_dist(rows: np.ndarray) -> torch.Tensor:  # [len(rows), N]
+    def compute(rows: np.ndarray) -> torch.Tensor:  # [len(rows), N]
         r = torch.as_tensor(rows)
         return torch.addmm(xn[r, None] + xn[None, :], xt[r], xt.T, alpha=-2.0).clamp_min_(0.0)
 
-    if n <= DENSE_SEED_ROWS:  # every distance at once: one product instead of k thin ones
-        table = sq_dist(np.arange(n))
-        sq_dist = lambda rows: table[torch.as_tensor(rows)]  # noqa: E731
+    table = compute(np.arange(n)) if n <= DENSE_SEED_ROWS else None  # all at once: one product, not k thin ones
+
+    def sq_dist(rows: np.ndarray) -> torch.Tensor:
+        return compute(rows) if table is None else table[torch.as_tensor(rows)]
 
     chosen = [int(rng.integers(n))]
     taken = np.zeros(n, dtype=bool)
@@ -151,7 +152,7 @@ def kmeans(x: np.ndarray, k: int, n_iter: int, rng: np.random.Generator, n_init:
         ValueError: ``k`` outside ``[1, N]``, ``n_iter < 1`` or ``n_init < 1``.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
+    n = len(x)
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= number of points ({n}), got k={k}")
     if n_iter < 1 or n_init < 1:
@@ -166,16 +167,15 @@ def kmeans(x: np.ndarray, k: int, n_iter: int, rng: np.random.Generator, n_init:
     return best
 
 
-def _nearest(x: np.ndarray, centres: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exhaustive faiss search: ``(cand [n, m] int64 nearest centres, ascending; their squared
-    distances [n, m]; bound [n] float64 distance (not squared) to the (m+1)-th nearest centre,
-    inf when there is none)``."""
+def _nearest(x: np.ndarray, centres: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exhaustive faiss search: ``(cand [n, m] int64 nearest centres, ascending; bound [n]
+    float64 distance (not squared) to the (m+1)-th nearest centre, inf when there is none)``."""
     index = faiss.IndexFlatL2(centres.shape[1])
     index.add(centres)
     extra = int(m < len(centres))
     sq, cand = index.search(x, m + extra)
     bound = np.sqrt(np.maximum(sq[:, m].astype(np.float64), 0.0)) if extra else np.full(len(x), np.inf)
-    return cand[:, :m].copy(), np.maximum(sq[:, :m], 0.0), bound
+    return cand[:, :m].copy(), bound
 
 
 def _reassign(clusters: np.ndarray, *, xs, start, order, pool, c, cn, new_a, near) -> None:
@@ -225,7 +225,7 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, candidates: int = CANDID
     if c.ndim != 2 or c.shape[1] != x.shape[1] or not 1 <= k <= n:
         raise ValueError(f"init must be [K, {x.shape[1]}] with 1 <= K <= {n}, got shape {tuple(c.shape)}")
     m = max(1, min(int(candidates), k - 1)) if k > 1 else 1
-    cand, _, bound = _nearest(x, c, m)
+    cand, bound = _nearest(x, c, m)
     a = cand[:, 0].copy()
     xn = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     diag = np.arange(k)
@@ -243,7 +243,8 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, candidates: int = CANDID
         for j in np.flatnonzero(full):
             new[j] = xs[start[j]:start[j + 1]].sum(0) / size[j]
         if not full.all():  # empty clusters take the points farthest from their own centres
-            far = np.einsum("ij,ij->i", x - c[a], x - c[a], dtype=np.float64)
+            diff = x - c[a]
+            far = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
             for j, i in zip(np.flatnonzero(~full), np.argsort(-far, kind="stable"), strict=False):
                 new[j] = x[i]
         move = np.sqrt(np.square(new - c, dtype=np.float64).sum(1))
@@ -271,7 +272,7 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, candidates: int = CANDID
         near = np.sqrt(np.maximum(near + xn, 0.0))
         unsure = np.flatnonzero(near > bound)
         if len(unsure):
-            cand[unsure], _, bound[unsure] = _nearest(x[unsure], c, m)
+            cand[unsure], bound[unsure] = _nearest(x[unsure], c, m)
             new_a[unsure] = cand[unsure, 0]
         changed = bool((new_a != a).any())
         a = new_a

@@ -218,22 +218,27 @@ class KMeansSampling(QueryStrategy):
         x = outputs.require("embeddings").index_select(0, torch.as_tensor(order)).float().numpy()
         k = min(k, len(idx))
         km = kmeans(x, k, self.max_iter, rng, self.n_init)
-        return idx[nearest_members(x, km.labels, km.centres)]
+        return idx[nearest_members(x, km.labels, km.centres, km.sq_dist)]
 
 
-def nearest_members(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def nearest_members(x: np.ndarray, labels: np.ndarray, centres: np.ndarray,
+                    sq_dist: np.ndarray | None = None) -> np.ndarray:
     """For each cluster, the row of ``x`` nearest its centre among the cluster's members;
     empty clusters take the nearest row not yet taken.
 
     Args:
         x: ``[N, D]`` points; labels: ``[N]`` cluster of each point; centres: ``[K, D]``, K <= N.
+        sq_dist: ``[N]`` squared distance of each point to its centre when already known
+            (:class:`~alframe.strategies.clustering.KMeansResult`), else computed here.
 
     Returns:
         ``[K] int64`` distinct row positions.
     """
-    d = np.empty(len(x))  # distance to own centre, in row blocks (no N x D temporary)
-    for a in range(0, len(x), 4096):
-        d[a:a + 4096] = ((x[a:a + 4096] - centres[labels[a:a + 4096]]) ** 2).sum(1)
+    d = sq_dist
+    if d is None:
+        d = np.empty(len(x))  # distance to own centre, in row blocks (no N x D temporary)
+        for a in range(0, len(x), 4096):
+            d[a:a + 4096] = ((x[a:a + 4096] - centres[labels[a:a + 4096]]) ** 2).sum(1)
     pick = np.full(len(centres), -1, dtype=np.int64)
     order = np.lexsort((d, labels))  # by cluster, then distance (then row: stable)
     first = np.ones(len(order), dtype=bool)
