@@ -108,6 +108,8 @@ class Experiment:
         self.strategy: QueryStrategy = instantiate_checked(cfg.strategy, f"strategy ({cfg.strategy.get('_target_')})")
         if not isinstance(self.strategy, QueryStrategy):
             raise ConfigError(f"strategy._target_={cfg.strategy._target_!r} is not an alframe QueryStrategy")
+        if cfg.loop.consistent_dropout is not None and "mc_probs" in self.strategy.requires:
+            self.strategy.consistent_dropout = bool(cfg.loop.consistent_dropout)  # one mask mode for a comparison
         self.oracle: Oracle = instantiate_checked(cfg.oracle, f"oracle ({cfg.oracle.get('_target_')})")
         fingerprint, accepted = config_fingerprints(cfg)
         run_dir, self.resuming = resolve_run_dir(cfg, Path(job_dir), accepted)
@@ -254,7 +256,7 @@ class Experiment:
                                       batch_size=self.eval_batch_size, device=self.device, spread=self.spread,
                                       labelled_idx=state.labelled_idx,
                                       # consistent MC dropout: one mask per MC sample for the whole pool
-                                      mask_seed=score_seed if getattr(self.strategy, "consistent_dropout", False)
+                                      mask_seed=score_seed if self.strategy.consistent_dropout
                                       else None)
             score_s = time.perf_counter() - t0
             t0 = time.perf_counter()

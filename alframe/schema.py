@@ -39,6 +39,10 @@ class LoopConfig:
         pseudo_label_threshold: CEAL: pool samples with confidence >= this train as
             pseudo-labels (not budget); null = off.
         pool_subset: score only a random subset of this many pool samples per round.
+        consistent_dropout: null keeps each MC-dropout strategy's own ``strategy.consistent_dropout``;
+            true / false sets it for whichever MC-dropout strategy the run uses (a paper comparison
+            that scores every strategy the same way: ``strategy=batchbald,bald``). Strategies
+            without MC dropout ignore it.
         resume: true continues the newest run of this config; or a run folder; false starts anew.
         eval_batch_size: samples per forward pass for scoring and evaluation.
         stop_kappa: stop once Cohen's kappa between successive models' stop-set predictions is
@@ -60,6 +64,7 @@ class LoopConfig:
     target_metric: str = "test_accuracy"
     pseudo_label_threshold: Optional[float] = _f(None, ge=0.0, le=1.0, low_open=True)
     pool_subset: Optional[int] = _f(None, ge="query_size")
+    consistent_dropout: Optional[bool] = None
     resume: Any = False
     eval_batch_size: int = _f(512, ge=1)
     stop_kappa: Optional[float] = None

@@ -135,8 +135,13 @@ def test_strategy_configs_default_and_option(name, default):
         instantiate(cfg)
 
 
-@pytest.mark.parametrize("overrides, consistent", [(["strategy=batchbald"], True), (["strategy=bald"], False),
-                                                   (["strategy=bald", "strategy.consistent_dropout=true"], True)])
+@pytest.mark.parametrize("overrides, consistent", [
+    (["strategy=batchbald"], True), (["strategy=bald"], False),
+    (["strategy=bald", "strategy.consistent_dropout=true"], True),
+    # loop.consistent_dropout sets the mask mode of whichever MC strategy a sweep picks
+    (["strategy=bald", "loop.consistent_dropout=true"], True),
+    (["strategy=batchbald", "loop.consistent_dropout=false"], False),
+    (["strategy=bald", "strategy.consistent_dropout=true", "loop.consistent_dropout=false"], False)])
 def test_loop_scores_with_the_round_seed_when_consistent(run, monkeypatch, overrides, consistent):
     import alframe.loop as loop
 
@@ -155,3 +160,22 @@ def test_loop_scores_with_the_round_seed_when_consistent(run, monkeypatch, overr
     from alframe.training import SCORE, round_seed
 
     assert seen == ([round_seed(3, 1, SCORE), round_seed(3, 2, SCORE)] if consistent else [None, None])
+
+
+def test_loop_consistent_dropout_is_ignored_by_strategies_without_mc_dropout(tmp_path):
+    from alframe.loop import build_experiment
+
+    from .conftest import compose
+
+    exp = build_experiment(compose(["strategy=entropy", "loop.consistent_dropout=true"], tmp_path / "out"),
+                           tmp_path / "job")
+    assert exp.strategy.consistent_dropout is False  # entropy reads no mc_probs: nothing to share
+
+
+def test_loop_consistent_dropout_must_be_a_boolean(tmp_path):
+    from .conftest import compose
+
+    # the schema (alframe.schema.LoopConfig) refuses it while composing, before any data loads
+    with pytest.raises(Exception, match="Error merging override loop.consistent_dropout=sometimes") as err:
+        compose(["strategy=bald", "loop.consistent_dropout=sometimes"], tmp_path / "out")
+    assert "Value 'sometimes' is not a valid bool" in str(err.value.__cause__)
