@@ -40,6 +40,16 @@ def default_cfg(out: Path, overrides: list[str] = ()):
             f"paths.output_root={out}", f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", *SAME_WORK, *overrides])
 
 
+def train_plain(net: torch.nn.Module, opt: torch.optim.Optimizer, loader, epochs: int) -> None:
+    """``epochs`` passes of zero_grad -> cross-entropy backward -> step over ``loader``."""
+    net.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+
+
 def plain_loop(cfg) -> tuple[list[float], np.ndarray]:
     """The default experiment in plain PyTorch (no Lightning, MLflow, Hydra instantiate in the loop)."""
     from alframe.data.digits import digits
@@ -58,12 +68,7 @@ def plain_loop(cfg) -> tuple[list[float], np.ndarray]:
         idx = state.labelled_idx
         loader = make_loader(LabelledView(data.train, idx, state.labels[idx]), batch_size=int(cfg.model.batch_size),
                              shuffle=True, seed=seed)
-        net.train()
-        for _ in range(int(cfg.trainer.max_epochs)):
-            for x, y in loader:
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
-                opt.step()
+        train_plain(net, opt, loader, int(cfg.trainer.max_epochs))
         accs.append(evaluate(net, data.test)["accuracy"])
         evaluate(net, val)
         if r == int(cfg.loop.rounds):
@@ -98,18 +103,16 @@ def lightning_cost(cfg, reps: int = 5) -> tuple[float, float]:
     ds = LabelledView(data.train, idx, data.targets[idx])
     epochs = int(cfg.trainer.max_epochs)
 
+    def fresh() -> Linear:
+        return Linear(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(data.input_shape)), 10))
+
     def plain(bs: int) -> None:
-        net = Linear(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(data.input_shape)), 10))
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        for _ in range(epochs):
-            for x, y in make_loader(ds, batch_size=bs, shuffle=True, seed=0):
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
-                opt.step()
+        net = fresh()
+        train_plain(net, torch.optim.Adam(net.parameters(), lr=1e-3),
+                    make_loader(ds, batch_size=bs, shuffle=True, seed=0), epochs)
 
     def lightning(bs: int) -> None:
-        net = Linear(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(data.input_shape)), 10))
-        module = ALClassifier(net, lambda p: torch.optim.Adam(p, lr=1e-3))
+        module = ALClassifier(fresh(), lambda p: torch.optim.Adam(p, lr=1e-3))
         with tempfile.TemporaryDirectory() as tmp:
             build_trainer(cfg, Path(tmp), has_val=False).fit(
                 module, train_dataloaders=make_loader(ds, batch_size=bs, shuffle=True, seed=0))
