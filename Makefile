@@ -47,7 +47,7 @@ label-studio-check: $(STAMP)  ## real Label Studio round trip (own venv .venv-la
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/label_studio_check.py $(ARGS)
 
 ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000; prints the budget-curve links (ARGS="--experiment NAME --sweep-id latest")
-	-$(BIN)/python -m alframe.mlflow_ui --tracking-uri sqlite:///$(CURDIR)/outputs/mlflow.db $(ARGS)
+	-$(BIN)/python -m alframe.cli.ui --tracking-uri sqlite:///$(CURDIR)/outputs/mlflow.db $(ARGS)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
 lint: $(STAMP)  ## ruff

@@ -7,6 +7,6 @@ samples, asks the oracle for their labels and logs every round to MLflow.
 
 __version__ = "0.1.0"
 
-from alframe import schema as _schema  # noqa: E402
+from alframe.config import schema as _schema  # noqa: E402
 
 _schema.register()  # the structured config groups (loop, trainer, mlflow, paths) for Hydra

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from alframe.inference import ModelOutputs
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.batch import BatchBALD
 
 N = int(os.environ.get("ALFRAME_BENCH_CANDIDATES", 2000))

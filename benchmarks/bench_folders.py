@@ -4,7 +4,7 @@ access (``dataset.cache=false``, DataLoader worker processes) against in memory
 
 For each mode a fresh Python process loads the folder (``alframe.data.base.load_data``: every
 file is checked and the channel statistics gathered before training), then scores the whole
-pool, once with the DataLoader alone and once with a small CNN (``alframe.inference.compute_outputs``,
+pool, once with the DataLoader alone and once with a small CNN (``alframe.scoring.pool.compute_outputs``,
 class probabilities, batches of 512). It reports the seconds of the check, images/s of both
 passes, and the peak resident memory of
 the main process (``ru_maxrss``) and of its largest worker. Goal (issue 14): under 2 GB at
@@ -62,8 +62,8 @@ def child(root: str, cache: str, workers: int, limit: int | None) -> dict:
     from hydra import compose, initialize_config_dir
 
     from alframe.data.base import IndexedImages, load_data, make_loader
-    from alframe.inference import compute_outputs
     from alframe.models.cnn import SmallCNN
+    from alframe.scoring.pool import compute_outputs
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[

@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from alframe.data.base import LabelledView, make_loader
-from alframe.inference import compute_outputs, evaluate
-from alframe.loop import initial_indices, run_experiment
-from alframe.state import PoolState
+from alframe.loop.experiment import initial_indices, run_experiment
+from alframe.rundir.state import PoolState
+from alframe.scoring.evaluate import evaluate
+from alframe.scoring.pool import compute_outputs
 from alframe.strategies.uncertainty import entropy
-from alframe.tracking import prepare_store
-from alframe.training import build_net, round_seed
+from alframe.tracking.store import prepare_store
+from alframe.training.seeds import round_seed
+from alframe.training.trainer import build_net
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 #: the labelling-job extras do work the plain loop does not (stop-set and pool passes, saving the
@@ -85,7 +87,7 @@ def plain_loop(cfg) -> tuple[list[float], np.ndarray]:
 def lightning_cost(cfg, reps: int = 5) -> tuple[float, float]:
     """Lightning's own cost in alframe's training, apart from the network's arithmetic: a
     one-layer network trained 50 epochs on 170 digits with batch 8 and 32 (1,100 and 300 steps)
-    through :func:`alframe.training.build_trainer` and ``ALClassifier``, against the plain loop.
+    through :func:`alframe.training.trainer.build_trainer` and ``ALClassifier``, against the plain loop.
 
     Returns:
         ``(per_step_ms, per_fit_ms)``: the least-squares line through the two extra costs
@@ -93,7 +95,7 @@ def lightning_cost(cfg, reps: int = 5) -> tuple[float, float]:
     """
     from alframe.data.digits import digits
     from alframe.models.lightning import ALClassifier
-    from alframe.training import build_trainer
+    from alframe.training.trainer import build_trainer
 
     class Linear(torch.nn.Sequential):
         num_classes = 10

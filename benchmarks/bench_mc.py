@@ -3,7 +3,7 @@
 Reports (MC scoring time) / (one deterministic pass) next to its FLOP bound
 ``(trunk + T * head) / (trunk + head)`` (multiply-adds counted with forward hooks), and the
 naive cost of re-running the whole network T times. The deterministic trunk runs once per
-image and only the head is sampled (exact, see :func:`alframe.inference.sample_head`). Target:
+image and only the head is sampled (exact, see :func:`alframe.scoring.mc.sample_head`). Target:
 <= 2.3x. Also checks the whole-network fallback (dropout inside the trunk, the BatchBALD CNN):
 its batched T passes against T separate passes.
 
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from alframe.data.base import IndexedImages, TensorImageDataset, make_loader
-from alframe.inference import compute_outputs
 from alframe.models.base import mc_dropout
+from alframe.scoring.pool import compute_outputs
 
 T = 20
 N = 10_000

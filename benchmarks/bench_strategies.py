@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from alframe.inference import ModelOutputs
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.diversity import BADGE, CoreSet
 
 SMALL = os.environ.get("ALFRAME_BENCH_SMALL") == "1"

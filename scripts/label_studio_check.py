@@ -153,7 +153,7 @@ class LabelStudio:
 
 def alframe(python: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     """Run the alframe CLI on a tiny digits experiment with the files oracle under ``out``."""
-    args = [python, "-m", "alframe.cli", "oracle=files", "loop.initial_size=10", "loop.query_size=5",
+    args = [python, "-m", "alframe.cli.run", "oracle=files", "loop.initial_size=10", "loop.query_size=5",
             "loop.rounds=1", "seed=0", "trainer.max_epochs=5", f"paths.output_root={out}",
             f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", *extra]
     r = subprocess.run(args, capture_output=True, text=True, cwd=out)
@@ -179,7 +179,7 @@ def main() -> int:
     from alframe.data.digits import digits
     from alframe.oracles import FilesOracle, LabelRequest
     from alframe.oracles.label_studio import hotkeys, labelling_config
-    from alframe.state import PoolState
+    from alframe.rundir.state import PoolState
 
     t_start = time.time()
     truth = digits().targets

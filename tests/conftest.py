@@ -60,7 +60,7 @@ def make_cfg(tmp_path):
 @pytest.fixture
 def run(tmp_path, store):
     """``run(*overrides, job="a")`` runs one experiment job and returns its RunResult."""
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     def _run(*overrides: str, job: str = "job"):
         cfg = compose([*FAST, *overrides], tmp_path)
@@ -76,7 +76,7 @@ SHARED_RUN = [*FAST, "seed=3", "trainer.max_epochs=2", "loop.rounds=2"]
 def finished_run(tmp_path_factory, mlflow_template):
     """One finished default run (entropy on digits, :data:`SHARED_RUN`), made once per test
     process and shared by tests that only read what a run stored. Tests must not write to it."""
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     out = tmp_path_factory.mktemp("shared_run")
     shutil.copy(mlflow_template, out / "mlflow.db")

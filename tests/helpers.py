@@ -43,7 +43,8 @@ def cli_in_process(*args: str, cwd: Path, monkeypatch, capsys) -> CliResult:
     undone afterwards."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from alframe import cli, progress
+    from alframe import progress
+    from alframe.cli import run as cli
 
     monkeypatch.setattr(sys, "argv", ["alframe", *args])
     monkeypatch.chdir(cwd)

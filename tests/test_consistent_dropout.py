@@ -1,4 +1,4 @@
-"""Consistent MC dropout (alframe.inference.ConsistentMasks, ``strategy.consistent_dropout``):
+"""Consistent MC dropout (alframe.scoring.mc.ConsistentMasks, ``strategy.consistent_dropout``):
 one dropout mask per MC sample shared by every pool point, seeded, independent of batching;
 and the BatchBALD known answer: an exact copy of a chosen point adds zero joint information."""
 
@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from alframe.data.base import TensorImageDataset
-from alframe.inference import ConsistentMasks, compute_outputs
 from alframe.models.base import ALNet
 from alframe.models.cnn import BatchBALDCNN, GalCNN
+from alframe.scoring.mc import ConsistentMasks
+from alframe.scoring.pool import compute_outputs
 from alframe.strategies.batch import BatchBALD
 
 from .conftest import CONFIG_DIR
@@ -71,7 +72,7 @@ def test_with_masks_per_point_the_copy_looks_informative_and_is_picked():
 
 
 def compute_like(mc: torch.Tensor):
-    from alframe.inference import ModelOutputs
+    from alframe.scoring.outputs import ModelOutputs
 
     return ModelOutputs(idx=np.arange(len(mc)), mc_probs=mc)
 
@@ -143,7 +144,7 @@ def test_strategy_configs_default_and_option(name, default):
     (["strategy=batchbald", "loop.consistent_dropout=false"], False),
     (["strategy=bald", "strategy.consistent_dropout=true", "loop.consistent_dropout=false"], False)])
 def test_loop_scores_with_the_round_seed_when_consistent(run, monkeypatch, overrides, consistent):
-    import alframe.loop as loop
+    import alframe.loop.experiment as loop
 
     seen = []
     real = loop.compute_outputs
@@ -157,13 +158,13 @@ def test_loop_scores_with_the_round_seed_when_consistent(run, monkeypatch, overr
     res = run(*overrides, "strategy.mc_samples=4", "loop.rounds=2", "trainer.max_epochs=1", "seed=3",
               "loop.pool_subset=200")
     assert res.status == "finished"
-    from alframe.training import SCORE, round_seed
+    from alframe.training.seeds import SCORE, round_seed
 
     assert seen == ([round_seed(3, 1, SCORE), round_seed(3, 2, SCORE)] if consistent else [None, None])
 
 
 def test_loop_consistent_dropout_is_ignored_by_strategies_without_mc_dropout(tmp_path):
-    from alframe.loop import build_experiment
+    from alframe.loop.experiment import build_experiment
 
     from .conftest import compose
 
@@ -175,7 +176,7 @@ def test_loop_consistent_dropout_is_ignored_by_strategies_without_mc_dropout(tmp
 def test_loop_consistent_dropout_must_be_a_boolean(tmp_path):
     from .conftest import compose
 
-    # the schema (alframe.schema.LoopConfig) refuses it while composing, before any data loads
+    # the schema (alframe.config.schema.LoopConfig) refuses it while composing, before any data loads
     with pytest.raises(Exception, match="Error merging override loop.consistent_dropout=sometimes") as err:
         compose(["strategy=bald", "loop.consistent_dropout=sometimes"], tmp_path / "out")
     assert "Value 'sometimes' is not a valid bool" in str(err.value.__cause__)

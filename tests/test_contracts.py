@@ -8,7 +8,7 @@ dataset, model, oracle or experiment YAML puts it under these tests with no test
   would (nothing for simulations, typed answers, clicks, a filled CSV), it returns labels for
   requested indices only, in ``[0, C)``, the true ones for the non-noisy oracles, with per-label
   seconds where a person answers, and it can be closed twice;
-- every experiment config composes and passes the range checks of :mod:`alframe.schema`;
+- every experiment config composes and passes the range checks of :mod:`alframe.config.schema`;
 - every schema default passes its own range checks.
 """
 
@@ -23,10 +23,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from alframe.config import validate_static
+from alframe.config.checks import validate_static
 from alframe.data.digits import digits
 from alframe.oracles.base import LabelRequest, LabelResult, Oracle
-from alframe.training import build_module, build_net
+from alframe.training.trainer import build_module, build_net
 
 from .conftest import CONFIG_DIR, compose
 from .helpers import fill_labels, write_cifar, write_folder, write_mnist_like, write_svhn, write_unlabelled

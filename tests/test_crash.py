@@ -17,8 +17,8 @@ import pytest
 from mlflow import MlflowClient
 
 from alframe.data.digits import digits
-from alframe.loop import Experiment, initial_indices
-from alframe.state import PoolState
+from alframe.loop.experiment import Experiment, initial_indices
+from alframe.rundir.state import PoolState
 
 from .conftest import compose
 
@@ -27,7 +27,7 @@ OVERRIDES = ["oracle=terminal", "oracle.preview=false", "trainer.max_epochs=2", 
 
 
 def alframe(out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "alframe.cli", *OVERRIDES, f"paths.output_root={out}",
+    cmd = [sys.executable, "-m", "alframe.cli.run", *OVERRIDES, f"paths.output_root={out}",
            f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

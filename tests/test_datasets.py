@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from alframe.data.base import DatasetError, load_data
+from alframe.data.base import load_data
+from alframe.errors import DatasetError
 
 from .conftest import compose
 from .helpers import load, write_cifar, write_mnist_like, write_svhn
@@ -78,8 +79,8 @@ def test_missing_files_error_names_files_folder_and_how_to_get_them(tmp_path):
 def test_missing_files_reach_the_command_line_as_a_config_error(tmp_path):
     """The ``alframe`` command prints a ConfigError as one line and exits 2 (no traceback):
     the loop must see the DatasetError itself, not Hydra's InstantiationException around it."""
-    from alframe.config import ConfigError
-    from alframe.loop import Experiment
+    from alframe.errors import ConfigError
+    from alframe.loop.experiment import Experiment
 
     cfg = compose(["dataset=mnist", f"dataset.root={tmp_path}/x", "dataset.download=false"], tmp_path / "out")
     with pytest.raises(DatasetError) as e:
@@ -177,7 +178,7 @@ def test_partial_copy_names_only_the_missing_files(tmp_path):
 
 
 def test_bad_sizes_are_config_errors_naming_the_key(tmp_path):
-    from alframe.config import ConfigError
+    from alframe.errors import ConfigError
 
     write_mnist_like(tmp_path / "data")
     with pytest.raises(ConfigError, match="dataset.val_size"):
@@ -187,8 +188,8 @@ def test_bad_sizes_are_config_errors_naming_the_key(tmp_path):
 # --------------------------------------------------------------------------- balanced initial set
 @pytest.mark.parametrize("k", [20, 25])
 def test_class_balanced_initial_set_has_the_per_class_counts(tmp_path, k):
-    from alframe.loop import initial_indices
-    from alframe.state import PoolState
+    from alframe.loop.experiment import initial_indices
+    from alframe.rundir.state import PoolState
 
     write_mnist_like(tmp_path / "data", n_train=150)
     cfg = compose(["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",

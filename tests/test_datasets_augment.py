@@ -95,7 +95,7 @@ def test_flip_crop_rotation_and_colour_jitter_from_configs():
 
 
 def test_in_a_run_the_augmentation_touches_exactly_the_labelled_training_samples(tmp_path, store):
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     epochs = 2
     cfg = flip_cfg(tmp_path, "dataset.augment=[{_target_: tests.test_datasets_augment.Recorder}]",

@@ -15,9 +15,9 @@ import torch
 from mlflow import MlflowClient
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
-from alframe import protocols
-from alframe.state import PoolState
-from alframe.training import build_net, build_trainer, relaunches_command
+from alframe.rundir.state import PoolState
+from alframe.training import protocols
+from alframe.training.trainer import build_net, build_trainer, relaunches_command
 
 EXE = Path(sys.executable).with_name("alframe")
 
@@ -37,8 +37,8 @@ def test_two_devices_spawn_from_the_loop_and_one_device_stays_single(make_cfg, t
 
 def test_ddp_that_relaunches_the_command_is_refused_before_any_work(make_cfg, tmp_path):
     """Lightning's ``ddp`` re-runs sys.argv per device: every rank would run the whole loop."""
-    from alframe.config import ConfigError
-    from alframe.loop import Experiment
+    from alframe.errors import ConfigError
+    from alframe.loop.experiment import Experiment
 
     with pytest.raises(ConfigError) as e:
         Experiment(make_cfg("trainer.devices=2", "trainer.strategy=ddp"), tmp_path / "job")
@@ -96,8 +96,10 @@ def test_sharded_scoring_and_evaluation_equal_one_device():
     evaluate a labelled set; gathered in order, the outputs equal the single-device ones,
     consistent MC dropout included (its masks do not depend on which rank scores a sample)."""
     from alframe.data.base import TensorImageDataset
-    from alframe.inference import Spread, compute_outputs, evaluate
     from alframe.models.cnn import GalCNN
+    from alframe.scoring.evaluate import evaluate
+    from alframe.scoring.pool import compute_outputs
+    from alframe.scoring.spread import Spread
 
     torch.manual_seed(0)
     net = GalCNN(num_classes=4, input_shape=(1, 12, 12), channels=4, kernel=3, hidden=16)
@@ -130,8 +132,9 @@ def test_two_process_fit_returns_the_trained_weights(make_cfg, tmp_path):
     """The network fit gives back is rank 0's trained one: it has left its initial weights and
     learnt digits well above chance (0.1)."""
     from alframe.data.base import load_data
-    from alframe.inference import evaluate
-    from alframe.training import fit, round_seed
+    from alframe.scoring.evaluate import evaluate
+    from alframe.training.seeds import round_seed
+    from alframe.training.trainer import fit
 
     cfg = make_cfg("trainer.devices=2", "trainer.max_epochs=30")
     data = load_data(cfg.dataset)

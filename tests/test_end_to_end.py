@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from alframe.loop import Experiment, aubc
-from alframe.state import PoolState
+from alframe.loop.experiment import Experiment, aubc
+from alframe.rundir.state import PoolState
 
 from .conftest import FAST, compose
 from .helpers import read_queries
@@ -76,7 +76,7 @@ def test_same_seed_same_queries_other_seed_other_queries(finished_run, run):
 
 
 def test_resume_continues_same_run_and_equals_uninterrupted(tmp_path):
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     quick = [*FAST, "trainer.max_epochs=2"]
     full = run_experiment(compose([*quick, "loop.rounds=3"], tmp_path / "a"), tmp_path / "a" / "job")
@@ -92,9 +92,8 @@ def test_resume_continues_same_run_and_equals_uninterrupted(tmp_path):
 
 
 def test_resume_by_path_and_refusal_of_other_config(tmp_path):
-    from alframe.config import ConfigError
-    from alframe.loop import run_experiment
-    from alframe.state import StateMismatchError
+    from alframe.errors import ConfigError, StateMismatchError
+    from alframe.loop.experiment import run_experiment
 
     first = run_experiment(compose([*FAST, "loop.rounds=0"], tmp_path), tmp_path / "j1")
     again = run_experiment(compose([*FAST, "loop.rounds=1", f"loop.resume={first.run_dir}"], tmp_path),
@@ -139,7 +138,7 @@ def test_class_balanced_initial_set(run):
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is invalid"),
 ])
 def test_bad_values_fail_before_training(make_cfg, tmp_path, override, message):
-    from alframe.config import ConfigError
+    from alframe.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         Experiment(make_cfg(override), tmp_path / "job")
@@ -160,7 +159,7 @@ def test_cli_reports_bad_value_and_unknown_option(tmp_path):
 
 
 def test_bad_strategy_parameter_is_a_config_error(make_cfg, tmp_path):
-    from alframe.config import ConfigError
+    from alframe.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"strategy \(alframe.strategies.batch.PowerBALD\): .*mode.*'bogus'"):
         Experiment(make_cfg("strategy=power_bald", "strategy.mode=bogus"), tmp_path / "job")

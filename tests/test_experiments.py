@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from alframe.smoke import apply_smoke
+from alframe.config.smoke import apply_smoke
 
 from .conftest import CONFIG_DIR
 from .helpers import write_cifar, write_mnist_like
@@ -133,7 +133,7 @@ HEAVY_SMOKE = {"badge2020_cifar10", "coreset2018_cifar10", "lueth2023_cifar10_lo
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_SMOKE else n
                                   for n in EXPERIMENTS])
 def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # noqa: F811 (fixture)
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     cfg = _compose([f"experiment={name}", "smoke=true", f"dataset.root={data_root}", "dataset.download=false",
                     *(["dataset.verify_checksums=false"] if "cifar" in name else [])], tmp_path, store)
@@ -144,7 +144,7 @@ def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # n
     run = client.get_run(result.run_id)
     assert client.get_experiment(run.info.experiment_id).name == f"{name}-smoke"
     assert client.get_experiment_by_name(name) is None  # the real experiment gets no smoke run
-    assert run.data.params["smoke"] == "True" and run.data.tags["alframe.smoke"] == "true"
+    assert run.data.params["smoke"] == "True" and run.data.tags["alframe.config.smoke"] == "true"
     assert run.data.tags["strategy"] == cfg.strategy.name
     steps = [m.step for m in client.get_metric_history(result.run_id, "test_accuracy")]
     assert sorted(steps) == [20, 30]

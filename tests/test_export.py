@@ -20,13 +20,14 @@ from mlflow import MlflowClient
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from alframe import export, predict
+from alframe.cli import export, predict
 from alframe.data.base import stratified_split
-from alframe.loop import run_experiment
-from alframe.mlmodel import Preprocessing, predict_pixels
-from alframe.report import load_runs, machine_label_table
-from alframe.runfolder import load_run
-from alframe.state import PoolState
+from alframe.export.mlmodel import Preprocessing, predict_pixels
+from alframe.export.runfolder import load_run
+from alframe.loop.experiment import run_experiment
+from alframe.reporting.runs import load_runs
+from alframe.reporting.tables import machine_label_table
+from alframe.rundir.state import PoolState
 
 from .conftest import compose
 

@@ -24,8 +24,8 @@ if CHROMIUM is None:
                 allow_module_level=True)
 from playwright import sync_api  # noqa: E402
 
-from alframe import export  # noqa: E402
-from alframe.loop import Experiment  # noqa: E402
+from alframe.cli import export  # noqa: E402
+from alframe.loop.experiment import Experiment  # noqa: E402
 
 from .conftest import compose  # noqa: E402
 from .helpers import ARGS, joined_result, run_in_thread  # noqa: E402

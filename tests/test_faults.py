@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from alframe.data.digits import digits
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def session(run_dir: Path, oracle: str, kill: tuple[str, int] | None) -> int:
         env["ALFRAME_KILL_AT"] = f"{kill[0]}:{kill[1]}"
     args = [*RUN, f"oracle={oracle}", f"hydra.run.dir={run_dir}", "loop.resume=true",
             f"mlflow.tracking_uri=sqlite:///{run_dir.parent / 'mlflow.db'}", f"paths.output_root={run_dir.parent}"]
-    return subprocess.run([sys.executable, "-m", "alframe.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "alframe.cli.run", *args], env=env, capture_output=True,
                           timeout=900).returncode
 
 

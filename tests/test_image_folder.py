@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alframe.data.base import DatasetError, load_data
+from alframe.data.base import load_data
 from alframe.data.folders import read_images
+from alframe.errors import DatasetError
 
 from .conftest import compose
 from .helpers import CLASSES, cfg_for, compose_shared, shared_store, write_folder, write_unlabelled
@@ -93,7 +94,7 @@ def test_separate_test_root_and_given_statistics(tmp_path):
 def test_image_folder_end_to_end_class_names_in_queries_csv(tmp_path, store):
     from mlflow import MlflowClient
 
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     write_folder(tmp_path / "photos", per_class=20)
     cfg = compose_shared(["dataset=image_folder", f"dataset.root={tmp_path / 'photos'}", "dataset.image_size=16",
@@ -143,7 +144,7 @@ def test_unlabelled_folder_errors(tmp_path):
     bad.write_text(f"file,label\n{files[1].relative_to(tmp_path / 'pool')},horse\n")
     with pytest.raises(DatasetError, match="label 'horse' is not one of the classes"):
         load_data(ucfg(tmp_path, tmp_path / "pool", f"dataset.seed_labels={bad}").dataset)
-    from alframe.config import ConfigError
+    from alframe.errors import ConfigError
 
     with pytest.raises(ConfigError, match="at least 2 distinct class names"):
         load_data(compose(["dataset=unlabelled_folder", f"dataset.root={tmp_path / 'pool'}",
@@ -177,7 +178,7 @@ def test_unlabelled_folder_annotation_job_with_the_files_oracle(tmp_path, store)
     """The real case: no labels anywhere; a person fills labels.csv, the run resumes and trains."""
     import math
 
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     info = write_folder(tmp_path / "_src", per_class=8, corrupt=False)
     truth = {}
@@ -220,8 +221,8 @@ def test_unlabelled_folder_annotation_job_with_the_files_oracle(tmp_path, store)
 def test_seed_labels_count_towards_the_initial_set(tmp_path, store):
     """Labels a person already has (dataset.seed_labels) are round-0 labels; the oracle is asked
     only for the rest of loop.initial_size."""
-    from alframe.loop import run_experiment
-    from alframe.state import PoolState
+    from alframe.loop.experiment import run_experiment
+    from alframe.rundir.state import PoolState
 
     files = write_unlabelled(tmp_path / "pool")
     seeds = tmp_path / "seeds.csv"
@@ -241,7 +242,7 @@ def test_seed_labels_count_towards_the_initial_set(tmp_path, store):
 
 
 def test_seed_labels_covering_the_initial_set_skip_round_0_requests(tmp_path, store):
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     files = write_unlabelled(tmp_path / "pool")
     seeds = tmp_path / "seeds.csv"

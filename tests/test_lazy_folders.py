@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from alframe.config import ConfigError
-from alframe.data.base import DatasetError, TensorImageDataset, load_data, make_loader
+from alframe.data.base import TensorImageDataset, load_data, make_loader
 from alframe.data.lazy import ImageFiles, use_cache
-from alframe.inference import compute_outputs, evaluate
+from alframe.errors import ConfigError, DatasetError
 from alframe.models.cnn import SmallCNN
+from alframe.scoring.evaluate import evaluate
+from alframe.scoring.pool import compute_outputs
 
 from .helpers import CLASSES, cfg_for, compose_shared, shared_store, write_folder
 
@@ -102,7 +103,7 @@ def test_lazy_unlabelled_folder_has_the_cached_pool(tmp_path):
 
 @pytest.mark.slow  # ~70 s on the loaded 2-core box (worker processes start per loader)
 def test_lazy_image_folder_end_to_end_with_worker_processes(tmp_path, store):
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     write_folder(tmp_path / "photos", per_class=20, corrupt=False)
     cfg = compose_shared(["dataset=image_folder", f"dataset.root={tmp_path / 'photos'}", "dataset.image_size=16",

@@ -1,4 +1,4 @@
-"""MC-dropout pool scoring (:func:`alframe.inference.compute_outputs` with ``"mc_probs"``):
+"""MC-dropout pool scoring (:func:`alframe.scoring.pool.compute_outputs` with ``"mc_probs"``):
 BatchNorm stays in eval mode, passes differ, head-only sampling is exact, and models with
 dropout inside the trunk fall back to (batched) whole-network sampling."""
 
@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from alframe.data.base import TensorImageDataset
-from alframe.inference import compute_outputs, keep_mask, sample_head
 from alframe.models.base import ALNet, mc_dropout
 from alframe.models.cnn import GalCNN, SmallCNN
+from alframe.scoring.mc import keep_mask, sample_head
+from alframe.scoring.pool import compute_outputs
 
 
 def digits_pool(n=60):

@@ -1,5 +1,5 @@
 """MLflow UI links and run bookkeeping: the stored chart view, the printed link, unique run names,
-the ``alframe.status`` tag, the job prefix of parallel sweeps and ``python -m alframe.mlflow_ui``.
+the ``alframe.status`` tag, the job prefix of parallel sweeps and ``python -m alframe.tracking.ui``.
 The browser check of the link is tests/test_mlflow_ui_browser.py."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from alframe import mlflow_ui as ui
 from alframe import progress
-from alframe.tracking import STATUS_TAG, Tracker
+from alframe.tracking import ui
+from alframe.tracking.run import STATUS_TAG, Tracker
 
 
 def test_ui_base_url_for_local_stores_and_servers():
@@ -88,7 +88,7 @@ def test_run_ends_with_the_link_to_its_curves(run, tmp_path, capsys):
     assert stored["compareRunCharts"][0]["metricKey"] == "test_accuracy"
     r = client.get_run(res.run_id)
     assert r.info.run_name.startswith("entropy-small_cnn-digits-seed0-")
-    assert r.data.tags[STATUS_TAG] == "finished" and "alframe.smoke" not in r.data.tags
+    assert r.data.tags[STATUS_TAG] == "finished" and "alframe.config.smoke" not in r.data.tags
 
 
 def test_job_prefix_on_every_line():

@@ -27,9 +27,9 @@ if CHROMIUM is None:
 from mlflow import MlflowClient  # noqa: E402
 from playwright import sync_api  # noqa: E402
 
-from alframe.loop import run_experiment  # noqa: E402
-from alframe.report import make_report  # noqa: E402
-from alframe.tracking import Tracker  # noqa: E402
+from alframe.loop.experiment import run_experiment  # noqa: E402
+from alframe.reporting.report import make_report  # noqa: E402
+from alframe.tracking.run import Tracker  # noqa: E402
 
 from .conftest import compose  # noqa: E402
 from .helpers import ARGS  # noqa: E402

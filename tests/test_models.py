@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from alframe.inference import compute_outputs
 from alframe.models.base import ALNet, mc_dropout
+from alframe.scoring.pool import compute_outputs
 
 from .conftest import REPO
 from .helpers import compose_shared, shared_store, write_cifar, write_folder, write_mnist_like
@@ -150,7 +150,7 @@ def test_one_round_end_to_end_per_model(name, tmp_path, store):
     """Train, evaluate, score the pool with MC dropout (BALD), query, train again."""
     from mlflow import MlflowClient
 
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     cfg = compose_shared(["trainer.max_epochs=2", *tiny_data_overrides(name, tmp_path), f"model={name}",
                           "strategy=bald", "strategy.mc_samples=4", "loop.initial_size=12",
@@ -213,8 +213,8 @@ def test_resnet18_pretrained_offline_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_model_errors_stop_the_run_before_any_labelling(tmp_path, store):
-    from alframe.config import ConfigError
-    from alframe.loop import Experiment
+    from alframe.errors import ConfigError
+    from alframe.loop.experiment import Experiment
 
     cfg = compose_shared(["model=batchbald_cnn"], tmp_path / "out", store)  # digits are 8x8: too small
     with pytest.raises(ConfigError, match=r"batchbald_cnn.*\(1, 8, 8\)"):
@@ -230,7 +230,7 @@ def _train_weights(cfg, automatic: bool, n: int = 70) -> tuple[dict, float]:
 
     from alframe.data.base import LabelledView, make_loader
     from alframe.data.digits import digits
-    from alframe.training import build_module, build_net, build_trainer
+    from alframe.training.trainer import build_module, build_net, build_trainer
 
     data = digits()
     pl.seed_everything(0, verbose=False)
@@ -261,8 +261,8 @@ def test_alclassifier_steps_exactly_as_lightnings_automatic_loop(tmp_path):
 def test_gradient_clipping_switches_to_lightnings_automatic_loop(tmp_path, store):
     """``trainer.extra.gradient_clip_val`` works only with automatic optimisation: the run uses
     it (and clips), instead of Lightning refusing manual optimisation."""
-    from alframe.loop import run_experiment
-    from alframe.training import build_module, build_net, needs_automatic_optimization
+    from alframe.loop.experiment import run_experiment
+    from alframe.training.trainer import build_module, build_net, needs_automatic_optimization
 
     from .conftest import FAST, compose
 

@@ -47,7 +47,7 @@ def data_overrides(kind: str, tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_realistic_run_learns(name, tmp_path, store):
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
     kind, extra, minimum = RUNS[name]
     initial = 9 if kind == "folder" else 20

@@ -11,11 +11,11 @@ import pytest
 from mlflow import MlflowClient
 
 from alframe.data.digits import digits
-from alframe.loop import Experiment, initial_indices
+from alframe.loop.experiment import Experiment, initial_indices
 from alframe.oracles import LabelRequest, LabelResult, NoisyOracle, StoredOracle, TerminalOracle, parse_label
 from alframe.oracles.answers import SKIP, AnswerStore
 from alframe.oracles.render import RAMP, HalfBlockImage, terminal_preview
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
 
 from .conftest import compose
 
@@ -278,7 +278,7 @@ def test_terminal_quit_and_resume_through_the_loop(store, tmp_path):
 # --------------------------------------------------------------------------- pseudo-labelling (CEAL)
 @pytest.mark.slow  # 3 rounds of 30 epochs on ~1,200 pseudo-labels: 2.5 min on 2 loaded cores
 def test_pseudo_labels_train_but_never_enter_the_pool_state(store, tmp_path, monkeypatch):
-    import alframe.loop as loop
+    import alframe.loop.experiment as loop
 
     seen = []
     real_fit = loop.fit
@@ -314,7 +314,7 @@ def test_pseudo_labels_train_but_never_enter_the_pool_state(store, tmp_path, mon
 
 
 def test_pseudo_label_threshold_is_validated(tmp_path):
-    from alframe.config import ConfigError
+    from alframe.errors import ConfigError
     cfg = compose(["loop.pseudo_label_threshold=1.5"], tmp_path)
     with pytest.raises(ConfigError, match="pseudo_label_threshold=1.5"):
         Experiment(cfg, tmp_path / "job")
@@ -322,9 +322,9 @@ def test_pseudo_label_threshold_is_validated(tmp_path):
 
 @pytest.mark.parametrize("oracle_cls,computes", [(StoredOracle, False), (NoisyOracle, False), (TerminalOracle, True)])
 def test_the_suggestion_is_computed_only_for_oracles_that_show_it(data, tmp_path, monkeypatch, oracle_cls, computes):
-    import alframe.oracle_session as session_mod
+    import alframe.oracles.session as session_mod
     from alframe.models.cnn import SmallCNN
-    from alframe.oracle_session import OracleSession
+    from alframe.oracles.session import OracleSession
 
     calls = []
     real = session_mod.compute_outputs
@@ -352,7 +352,7 @@ def test_the_suggestion_is_computed_only_for_oracles_that_show_it(data, tmp_path
 def test_batch_metrics_survive_an_interrupt_before_the_next_log_and_are_sent_once(store, tmp_path, monkeypatch):
     """The metrics of a labelled batch travel with the next round's metrics; an interrupt while
     that round trains still sends them (with the KILLED run), and the resume does not repeat them."""
-    import alframe.loop as loop_mod
+    import alframe.loop.experiment as loop_mod
 
     real_fit, calls = loop_mod.fit, []
 
@@ -395,7 +395,7 @@ def test_saved_unlogged_metrics_are_sent_on_resume(store, tmp_path):
 
 
 def test_queries_csv_is_written_only_when_the_labelled_set_changes(store, tmp_path, monkeypatch):
-    import alframe.loop as loop_mod
+    import alframe.loop.experiment as loop_mod
 
     writes = []
     real = loop_mod.write_queries_csv

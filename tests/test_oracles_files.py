@@ -14,10 +14,10 @@ import pytest
 from mlflow import MlflowClient
 
 from alframe.data.digits import digits
-from alframe.loop import Experiment
+from alframe.loop.experiment import Experiment
 from alframe.oracles import FilesOracle, LabelImportError, LabelRequest
 from alframe.oracles.label_studio import LETTERS, hotkeys, labelling_config
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
 
 from .conftest import compose
 

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from alframe import protocols
-from alframe.config import ConfigError, validate_static
+from alframe.config.checks import validate_static
 from alframe.data.base import load_data
-from alframe.inference import evaluate
-from alframe.protocols import FixedLengthSampler, scaled_weight_decay
-from alframe.state import PoolState
-from alframe.training import build_net, fit
+from alframe.errors import ConfigError
+from alframe.rundir.state import PoolState
+from alframe.scoring.evaluate import evaluate
+from alframe.training import protocols
+from alframe.training.protocols import FixedLengthSampler, scaled_weight_decay
+from alframe.training.trainer import build_net, fit
 
 from .conftest import compose
 
@@ -157,7 +158,7 @@ def test_cli_prints_protocol_errors_before_training(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "alframe.cli", "trainer=steps", "trainer.steps_per_round=0",
+    out = subprocess.run([sys.executable, "-m", "alframe.cli.run", "trainer=steps", "trainer.steps_per_round=0",
                           f"paths.output_root={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "alframe: error: trainer.steps_per_round=0 is invalid" in out.stderr

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from alframe.config import ConfigError
 from alframe.data.digits import digits
-from alframe.loop import Experiment, run_experiment
-from alframe.state import PoolState, StateMismatchError
+from alframe.errors import ConfigError, StateMismatchError
+from alframe.loop.experiment import Experiment, run_experiment
+from alframe.rundir.state import PoolState
 
 from .conftest import CONFIG_DIR, compose
 from .helpers import cli_in_process, fill_labels, write_unlabelled
@@ -29,7 +29,7 @@ STRATEGIES = sorted(p.stem for p in (Path(CONFIG_DIR) / "strategy").glob("*.yaml
 
 def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "alframe.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "alframe.cli.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -155,7 +155,7 @@ def test_interrupt_saves_marks_killed_and_prints_the_resume_command(sig, tmp_pat
     db = f"sqlite:///{store}"  # an initialised copy: no migrations in the timed-out window
     args = ["trainer.max_epochs=400", "loop.rounds=1", f"paths.output_root={tmp_path}", f"mlflow.tracking_uri={db}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "alframe.cli", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "alframe.cli.run", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not list(tmp_path.glob("runs/*/*/pool_state.npz")):  # training of round 0 has begun
@@ -180,7 +180,7 @@ def test_eight_parallel_jobs_on_a_fresh_sqlite_store(tmp_path):
     """8 jobs of one sweep at once (joblib, 8 workers) creating the store and the experiment
     together: 8 distinct FINISHED runs, no error."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "alframe.cli", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8",
+    cmd = [sys.executable, "-m", "alframe.cli.run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8",
            "strategy=random,entropy", "seed=0,1,2,3", "loop.rounds=1", "trainer.max_epochs=1",
            f"paths.output_root={tmp_path}", "mlflow.experiment_name=parallel"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from alframe.config import ConfigError
+from alframe.errors import ConfigError
 
 from .helpers import load, write_mnist_like
 

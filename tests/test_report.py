@@ -8,7 +8,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from alframe import report as rp
+from alframe import reporting as rp
+from alframe.cli import report as report_cli
+from alframe.tracking.plots import plot_budget_curves
 
 # labels 20..50; random and entropy with seeds 0 and 1, bald with seed 0 only and shorter.
 CURVES = {
@@ -151,7 +153,7 @@ def test_pairwise_matrix_by_hand(store):
 def test_plot_data_is_the_mean_and_band(store):
     runs = rp.load_runs(store, "exp", sweep_id="s1")
     curves = rp.mean_curves(runs)
-    fig = rp.plot_budget_curves(curves)
+    fig = plot_budget_curves(curves)
     ax = fig.axes[0]
     lines = {ln.get_label().split(" ")[0]: ln.get_xydata() for ln in ax.lines}
     np.testing.assert_allclose(lines["random"], [[20, 0.5], [30, 0.65], [40, 0.85], [50, 0.925]])
@@ -170,7 +172,7 @@ def test_plot_data_is_the_mean_and_band(store):
 
 def test_cli_writes_files_and_logs_summary_run(store, tmp_path, capsys):
     out = tmp_path / "rep"
-    code = rp.main(["--tracking-uri", store, "--experiment", "exp", "--sweep-id", "s1", "--out", str(out),
+    code = report_cli.main(["--tracking-uri", store, "--experiment", "exp", "--sweep-id", "s1", "--out", str(out),
                     "--targets", "0.9", "95"])
     assert code == 0
     for f in ("budget_curves.png", "summary.csv", "summary.md", "curves.csv", "pairwise.csv", "runs.csv"):
@@ -228,7 +230,7 @@ def test_single_seed_and_missing_baseline(store):
     (["--experiment", "exp", "--sweep-id", "zzz"], "tags.sweep_id = 'zzz'"),
 ])
 def test_clear_errors(store, tmp_path, capsys, args, message):
-    assert rp.main(["--tracking-uri", store, "--out", str(tmp_path / "r"), *args]) == 2
+    assert report_cli.main(["--tracking-uri", store, "--out", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err
     if "nope" in args:
@@ -237,13 +239,14 @@ def test_clear_errors(store, tmp_path, capsys, args, message):
 
 def test_missing_store_is_not_created(tmp_path, capsys):
     db = tmp_path / "none" / "mlflow.db"
-    assert rp.main(["--tracking-uri", f"sqlite:///{db}", "--experiment", "x"]) == 2
+    assert report_cli.main(["--tracking-uri", f"sqlite:///{db}", "--experiment", "x"]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert not db.exists()
 
 
 def test_machine_label_table_means_final_values_per_strategy_and_threshold():
-    from alframe.report import RunCurve, machine_label_table
+    from alframe.reporting.runs import RunCurve
+    from alframe.reporting.tables import machine_label_table
 
     def curve(group, seed, metrics):
         return RunCurve(run_id=f"{group}{seed}", group=group, seed=str(seed), labels=np.array([10]),

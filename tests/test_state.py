@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from alframe.state import PoolState, RunProgress, StateMismatchError
+from alframe.errors import StateMismatchError
+from alframe.rundir.state import PoolState, RunProgress
 
 
 def make(n=10, holdout=(8, 9)):
@@ -100,7 +101,7 @@ def test_even_batches_cover_every_sample_once_per_epoch():
 def test_atomic_write_fsyncs_only_durable_files(tmp_path, monkeypatch):
     import os
 
-    from alframe.state import atomic_write
+    from alframe.rundir.state import atomic_write
 
     synced = []
     real = os.fsync

@@ -10,10 +10,10 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from alframe.config import ConfigError
-from alframe.loop import Experiment
-from alframe.state import PoolState
-from alframe.stopping import STOP_FILE, StabilisingPredictions, kappa
+from alframe.errors import ConfigError
+from alframe.loop.experiment import Experiment
+from alframe.loop.stopping import STOP_FILE, StabilisingPredictions, kappa
+from alframe.rundir.state import PoolState
 
 from .conftest import REPO, compose
 
@@ -84,7 +84,7 @@ def test_a_stop_kappa_that_is_not_a_number_is_refused_when_composed(tmp_path):
 
 @pytest.mark.slow  # a fresh process imports torch, Lightning and MLflow
 def test_stop_kappa_needs_a_stop_set_cli(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "alframe.cli", f"paths.output_root={tmp_path}",
+    proc = subprocess.run([sys.executable, "-m", "alframe.cli.run", f"paths.output_root={tmp_path}",
                            "loop.stop_kappa=0.99", "loop.stop_set_size=0"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2

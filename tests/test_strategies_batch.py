@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from alframe.inference import ModelOutputs
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.batch import BatchBALD, PowerBALD, PowerEntropy
 from alframe.strategies.bayesian import BALD, mc_mutual_information
 from alframe.strategies.diversity import (

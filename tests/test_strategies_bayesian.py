@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from alframe.inference import ModelOutputs
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.bayesian import BALD, MCEntropy, MeanSTD, VariationRatios, mc_mutual_information
 from tests.conftest import CONFIG_DIR
 

@@ -18,8 +18,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from alframe.inference import KNOWN_REQUIREMENTS, ModelOutputs
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
+from alframe.scoring.outputs import KNOWN_REQUIREMENTS, ModelOutputs
 from alframe.strategies.base import QueryStrategy
 from tests.conftest import CONFIG_DIR
 

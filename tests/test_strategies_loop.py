@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hydra.utils import get_class
 
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
 
 from .conftest import compose
 from .helpers import read_queries

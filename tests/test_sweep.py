@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from alframe import report as rp
-from alframe.config import ConfigError
+from alframe import reporting as rp
+from alframe.cli import report as report_cli
+from alframe.errors import ConfigError
 
 from .conftest import CONFIG_DIR, FAST
 from .helpers import cli_in_process, compose_shared
@@ -84,7 +85,7 @@ def check_sweep(tmp_path: Path, stdout: str) -> None:
         assert sorted(steps) == [20, 30]
 
     out = tmp_path / "report"
-    assert rp.main(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "sweep_test",
+    assert report_cli.main(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "sweep_test",
                     "--sweep-id", "latest", "--out", str(out)]) == 0
     rep = rp.build_report(rp.load_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "sweep_test", sweeps[0].name))
     assert list(rep.summary.group) == ["random", "entropy"] and list(rep.summary.n_seeds) == [2, 2]
@@ -100,7 +101,7 @@ def check_sweep(tmp_path: Path, stdout: str) -> None:
 
 
 def _prepare(uri: str) -> str:
-    from alframe.tracking import prepare_store
+    from alframe.tracking.store import prepare_store
 
     return prepare_store(uri, "race")[1]
 
@@ -137,7 +138,7 @@ def test_launcher_configs_compose(launcher, target):
 
 
 def _run(tmp_path, store_path, *overrides):  # noqa: F811 (fixture)
-    from alframe.loop import run_experiment
+    from alframe.loop.experiment import run_experiment
 
 
     cfg = compose_shared([*FAST, "mlflow.experiment_name=target_test", *overrides], tmp_path, store_path)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from alframe.inference import ModelOutputs
-from alframe.state import PoolState
+from alframe.rundir.state import PoolState
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies import Entropy, LeastConfidence, Margin, RandomSampling, top_k
 
 # Candidates are absolute indices 10..14; rows are their class probabilities.

@@ -171,7 +171,7 @@ def test_only_local_hosts_and_valid_ports(data, tmp_path):
 
 def test_resume_may_use_another_port(tmp_path):
     """A person may restart the labelling page on another port (the old one may be taken)."""
-    from alframe.config import config_fingerprint
+    from alframe.config.fingerprint import config_fingerprint
 
     from .conftest import compose
     a = compose(["oracle=web", "oracle.port=8765"], tmp_path)

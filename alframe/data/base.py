@@ -22,15 +22,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from alframe.config import ConfigError
-
-
-class DatasetError(ConfigError):
-    """Data cannot be loaded: files missing (and not downloadable), unreadable or corrupt.
-
-    A :class:`~alframe.config.ConfigError`, so the ``alframe`` command prints the message
-    (which names the folder, the expected files and how to get them) without a stack trace.
-    """
+from alframe.errors import ConfigError
 
 
 class TensorImageDataset(Dataset):
@@ -359,7 +351,7 @@ def stratified_split(y: np.ndarray, test_size: int | float, seed: int) -> tuple[
 def load_data(dataset_cfg) -> ALData:
     """Instantiate ``cfg.dataset`` (Hydra) into an :class:`ALData`.
 
-    A :class:`DatasetError` (or other :class:`~alframe.config.ConfigError`) raised by the loader
+    A :class:`DatasetError` (or other :class:`~alframe.errors.ConfigError`) raised by the loader
     is re-raised as itself rather than wrapped in Hydra's ``InstantiationException``, so the
     command line shows its message (files, folder, how to get them) without a stack trace.
 
@@ -367,7 +359,7 @@ def load_data(dataset_cfg) -> ALData:
         DatasetError: the loader could not load the data.
         ConfigError: ``dataset._target_`` does not return an ALData.
     """
-    from alframe.config import instantiate_checked
+    from alframe.config.instantiate import instantiate_checked
 
     data = instantiate_checked(dataset_cfg, f"dataset ({dataset_cfg.get('_target_')})")
     if not isinstance(data, ALData):

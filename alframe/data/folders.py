@@ -7,7 +7,7 @@ Each image is decoded with Pillow, converted to grey or RGB, resized and centre-
 tensor; a larger one is decoded on access by DataLoader worker processes (``num_workers``,
 :class:`alframe.data.lazy.ImageFiles`). Either way every file is decoded once before any
 training: unreadable files are reported by path, and either skipped (``skip_bad_files=true``)
-or stop the run with a :class:`~alframe.data.base.DatasetError` that lists them.
+or stop the run with a :class:`~alframe.errors.DatasetError` that lists them.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from alframe.data.base import ALData, DatasetError, TensorImageDataset, stratified_split
+from alframe.data.base import ALData, TensorImageDataset, stratified_split
 from alframe.data.lazy import ImageDecoder, ImageFiles, LazyImages, scan_images, use_cache
 from alframe.data.transforms import channel_stats, to_float_normalised, train_transform
+from alframe.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def relative_files(paths: Sequence[str], root: Path) -> list[str]:
 def file_digests(paths: Sequence[str], root: Path) -> dict[str, str]:
     """``{path relative to root: BLAKE2b-128 of the file's bytes}`` for the train source: the
     dataset fingerprint covers which images a run's indices point at, so a replaced, added or
-    removed file is noticed on resume (:func:`alframe.resume.folder_changes`).
+    removed file is noticed on resume (:func:`alframe.rundir.resume.check_same_data`).
 
     Raises:
         OSError: a file cannot be read.

@@ -193,7 +193,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from alframe.data.base import DatasetError
+        from alframe.errors import DatasetError
 
         try:
             x = self.decoder(self.paths[i]).to(torch.float32).div_(255.0)
@@ -224,7 +224,7 @@ def use_cache(cache, n_images: int, channels: int, hw: tuple[int, int], cache_ma
     Raises:
         ConfigError: ``cache`` not auto/true/false, or ``cache_max_gb`` <= 0.
     """
-    from alframe.config import ConfigError
+    from alframe.errors import ConfigError
 
     value = str(cache).lower()
     if value not in CACHE_CHOICES:

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torchvision.datasets as tvd
 
-from alframe.data.base import ALData, DatasetError, TensorImageDataset, stratified_split
+from alframe.data.base import ALData, TensorImageDataset, stratified_split
 from alframe.data.transforms import channel_stats, to_float_normalised, train_transform
+from alframe.errors import DatasetError
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class ALClassifier(pl.LightningModule):
     0.5 ms per step on a 2-core CPU, which is 10% of a small CNN's step. A scheduler steps once
     per epoch, as ``interval: epoch`` does. Trainer features that need the automatic loop
     (``gradient_clip_val``, ``accumulate_grad_batches``) switch it back on:
-    :func:`alframe.training.build_module` sets :attr:`automatic_optimization` from the config.
+    :func:`alframe.training.trainer.build_module` sets :attr:`automatic_optimization` from the config.
     """
 
     def __init__(self, net: ALNet, optimizer: Callable[..., torch.optim.Optimizer],

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from alframe.config import ConfigError
+from alframe.errors import ConfigError
 from alframe.models.base import ALNet
 
 

@@ -5,8 +5,9 @@
 spreadsheet; imported on resume). The web oracle lives in :mod:`alframe.oracles.web`.
 """
 
+from alframe.errors import LabelImportError
 from alframe.oracles.base import LabelRequest, LabelResult, Oracle, parse_label
-from alframe.oracles.files import FilesOracle, LabelImportError
+from alframe.oracles.files import FilesOracle
 from alframe.oracles.noisy import NoisyOracle
 from alframe.oracles.stored import StoredOracle
 from alframe.oracles.terminal import TerminalOracle

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from alframe.oracles.base import LabelResult
-from alframe.state import atomic_write
+from alframe.rundir.state import atomic_write
 
 SKIP = "skip"
 

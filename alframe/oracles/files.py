@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from alframe import progress
-from alframe.config import ConfigError
+from alframe.errors import LabelImportError
 from alframe.oracles import label_studio
 from alframe.oracles.answers import SKIP, atomic_write_text
 from alframe.oracles.base import LabelRequest, LabelResult, Oracle, parse_label
@@ -42,9 +42,6 @@ EMPTY = object()  # a row without an answer
 BAD = object()  # a row whose class is unknown (already reported)
 
 
-class LabelImportError(ConfigError):
-    """A filled labels file cannot be imported; the message lists every bad row. Nothing of
-    the file was recorded."""
 
 
 class FilesOracle(Oracle):

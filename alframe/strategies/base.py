@@ -10,15 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alframe.inference import ModelOutputs
-from alframe.state import PoolState
+from alframe.scoring.outputs import ModelOutputs
 
 
 class QueryStrategy:
     """Base class of every acquisition function.
 
     Class attributes:
-        requires: model outputs the strategy reads (see :mod:`alframe.inference`).
+        requires: model outputs the strategy reads (see :mod:`alframe.scoring.pool`).
         consistent_dropout: MC strategies only: score the pool with one dropout mask per MC
             sample shared by all points, seeded by the round (``compute_outputs(mask_seed=...)``).
 
@@ -91,22 +90,6 @@ def top_k(scores: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     return idx[order[: min(k, len(idx))]]
 
 
-def check_query(chosen: np.ndarray, candidates: np.ndarray, state: PoolState, k: int, name: str) -> None:
-    """Enforce the strategy contract: ``min(k, M)`` unique candidate indices, none labelled.
-
-    Raises:
-        RuntimeError: naming the strategy and what it broke.
-    """
-    want = min(k, len(candidates))
-    if len(chosen) != want:
-        raise RuntimeError(f"strategy {name!r} returned {len(chosen)} indices, expected {want}")
-    if len(np.unique(chosen)) != len(chosen):
-        raise RuntimeError(f"strategy {name!r} returned duplicate indices")
-    outside = np.setdiff1d(chosen, candidates)
-    if len(outside):
-        raise RuntimeError(f"strategy {name!r} returned indices outside the scored pool: {outside[:10].tolist()}")
-    if state.labelled_mask[chosen].any():
-        raise RuntimeError(f"strategy {name!r} returned already-labelled indices")
 
 
 def check_k(k: int) -> int:

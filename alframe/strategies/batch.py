@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alframe.inference import ModelOutputs
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.base import QueryStrategy, check_k, entropy, sorted_view, top_k
 from alframe.strategies.bayesian import check_flag, check_mc_samples, mc_mutual_information
 

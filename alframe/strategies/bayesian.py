@@ -2,7 +2,7 @@
 Learning with Image Data").
 
 Each reads ``mc_probs: [M, T, C]``, the softmax of T stochastic forward passes with dropout
-sampling (BatchNorm in eval mode), computed by :func:`alframe.inference.compute_outputs` with
+sampling (BatchNorm in eval mode), computed by :func:`alframe.scoring.pool.compute_outputs` with
 ``T = strategy.mc_samples``. All arithmetic is float64 with ``0 log 0 = 0``, so probabilities
 of exactly 0 or 1 give finite scores in float32 and float64 inputs alike.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alframe.inference import ModelOutputs
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.base import ScoreStrategy, entropy
 
 

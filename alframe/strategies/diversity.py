@@ -12,7 +12,7 @@ import contextlib
 import numpy as np
 import torch
 
-from alframe.inference import ModelOutputs
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.base import QueryStrategy, check_k, sorted_view
 from alframe.strategies.clustering import kmeans, knn_sq_distances
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alframe.inference import ModelOutputs
+from alframe.scoring.outputs import ModelOutputs
 from alframe.strategies.base import QueryStrategy, ScoreStrategy, entropy
 
 

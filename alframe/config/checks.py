@@ -1,0 +1,114 @@
+"""Checks on configuration values, run before any training starts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from alframe.errors import ConfigError
+
+#: protocol names accepted in ``trainer.protocol`` (a label for logs and docs)
+PROTOCOLS = ("epochs", "steps", "batchbald2019", "gal2017")
+
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _int(cfg: DictConfig, key: str, low: int, high: int, what: str) -> None:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}={value!r} is invalid: must be {what}")
+
+
+def validate_static(cfg: DictConfig) -> None:
+    """Check values that do not depend on the data: the ranges of :mod:`alframe.config.schema`, the
+    seed and ``loop.resume``.
+
+    Raises:
+        ConfigError: naming the key, the bad value and the allowed range.
+    """
+    from alframe.config.schema import check_ranges
+
+    seed = _get(cfg, "seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is invalid: must be an integer >= 0")
+    check_ranges(cfg)
+    resume = _get(cfg, "loop.resume")
+    if not isinstance(resume, (bool, str)):
+        raise ConfigError(f"loop.resume={resume!r} is invalid: must be true, false or a run directory path")
+    validate_protocol(cfg)
+
+
+def validate_with_data(cfg: DictConfig, n_pool: int, num_classes: int, has_targets: bool) -> None:
+    """Check values against the loaded data (pool size, classes).
+
+    Raises:
+        ConfigError: naming the key, the bad value and the allowed range.
+    """
+    _int(cfg, "loop.initial_size", 1, n_pool, f"an integer in [1, {n_pool}] (the pool holds {n_pool} samples)")
+    if _get(cfg, "loop.initial_balanced"):
+        if not has_targets:
+            raise ConfigError("loop.initial_balanced=true needs stored labels to balance classes; this "
+                              "dataset has none: set loop.initial_balanced=false")
+        _int(cfg, "loop.initial_size", num_classes, n_pool,
+             f"an integer in [{num_classes}, {n_pool}] with loop.initial_balanced=true "
+             f"(at least one per class, {num_classes} classes)")
+
+
+
+
+
+
+
+
+def validate_loop_options(cfg: DictConfig, has_val: bool, dataset_name: str) -> None:
+    """Check ``loop.target_metric`` against the data (the ranges are in :mod:`alframe.config.schema`).
+
+    Args:
+        has_val: the dataset has a validation split.
+        dataset_name: named in the message when ``val_accuracy`` has no split to come from.
+
+    Raises:
+        ConfigError: naming the key, the bad value and what is allowed.
+    """
+    from alframe.metrics import TARGET_METRICS
+
+    loop = cfg.loop
+    target, metric = loop.get("target_accuracy"), loop.get("target_metric", "test_accuracy")
+    if target is not None:
+        if metric not in TARGET_METRICS:
+            raise ConfigError(f"loop.target_metric={metric!r} is invalid: must be one of {list(TARGET_METRICS)}")
+        if metric == "val_accuracy" and not has_val:
+            raise ConfigError("loop.target_metric=val_accuracy needs a validation split, but dataset "
+                              f"{dataset_name!r} has none: set dataset.val_size > 0 or use test_accuracy")
+
+
+def validate_protocol(cfg: DictConfig) -> None:
+    """Check the protocol keys of ``trainer`` before any training.
+
+    Raises:
+        ConfigError: naming the key, the bad value and what is allowed.
+    """
+    protocol = _get(cfg, "trainer.protocol") or "epochs"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"trainer.protocol={protocol!r} is invalid: must be one of {list(PROTOCOLS)}")
+    for key in ("trainer.steps_per_round", "trainer.epoch_samples"):
+        v = _get(cfg, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{key}={v!r} is invalid: must be an integer >= 1 or null")
+    if _get(cfg, "trainer.steps_per_round") is not None and _get(cfg, "trainer.epoch_samples") is not None:
+        raise ConfigError("trainer.steps_per_round and trainer.epoch_samples are both set: a round is either a "
+                          "fixed number of steps or epochs of epoch_samples samples; set one of them to null")
+    c = _get(cfg, "trainer.weight_decay_per_label")
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0):
+        raise ConfigError(f"trainer.weight_decay_per_label={c!r} is invalid: must be a number >= 0 or null")
+    if c is not None and not list(_get(cfg, "trainer.weight_decay_params") or []):
+        raise ConfigError("trainer.weight_decay_per_label is set but trainer.weight_decay_params is empty: list "
+                          "the parameter names it applies to, e.g. [head.1.weight]")
+    if not isinstance(_get(cfg, "trainer.restore_best", False), bool):
+        raise ConfigError(f"trainer.restore_best={_get(cfg, 'trainer.restore_best')!r} is invalid: must be "
+                          "true or false")
