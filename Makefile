@@ -8,7 +8,7 @@ ARGS   ?=
 THREADS ?= 2
 export OMP_NUM_THREADS ?= $(THREADS)
 
-.PHONY: help install run test test-all sweep report bench ui lint clean label-studio-check
+.PHONY: help install run test test-all sweep report bench ui lint lint-layout clean label-studio-check
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,8 +50,17 @@ ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000; print
 	-$(BIN)/python -m alframe.cli.ui --tracking-uri sqlite:///$(CURDIR)/outputs/mlflow.db $(ARGS)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
-lint: $(STAMP)  ## ruff
-	$(BIN)/ruff check alframe tests benchmarks
+# Longest module allowed, in lines: a longer one is two rooms.
+MAX_MODULE_LINES ?= 450
+
+lint: $(STAMP)  ## ruff, the import floors (import-linter, pyproject.toml) and module length
+	$(BIN)/ruff check alframe tests benchmarks scripts
+	$(MAKE) --no-print-directory lint-layout
+
+lint-layout:  ## the floors contract and module length only (no install step)
+	$(BIN)/lint-imports --no-cache
+	@find alframe -name '*.py' -exec wc -l {} + | awk -v max=$(MAX_MODULE_LINES) \
+	  '$$2 != "total" && $$1 > max {print "module too long: " $$2 " has " $$1 " lines (at most " max ")"; bad = 1} END {exit bad}'
 
 clean:  ## remove outputs and caches (keeps .venv)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

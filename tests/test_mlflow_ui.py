@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from alframe import progress
+from alframe.cli import ui as ui_cli
 from alframe.tracking import ui
 from alframe.tracking.run import STATUS_TAG, Tracker
 
@@ -117,9 +118,9 @@ def test_long_lines_are_not_wrapped_mid_sentence():
 def test_module_prints_links_and_rejects_unknown_experiment(tmp_path, store, capsys):
     uri = f"sqlite:///{store}"
     t = Tracker(uri, "shown", run_name="random-x", tags={"sweep_id": "s7"})
-    assert ui.main(["--tracking-uri", uri, "--experiment", "shown", "--sweep-id", "latest"]) == 0
+    assert ui_cli.main(["--tracking-uri", uri, "--experiment", "shown", "--sweep-id", "latest"]) == 0
     out = capsys.readouterr().out
     assert f"#/experiments/{t.experiment_id}/runs?compareRunsMode=CHART&viewStateShareKey=alframe-curves-sweep-s7" \
         in out and "alframe-curves-sweep-s7-by-strategy" in out
-    assert ui.main(["--tracking-uri", uri, "--experiment", "nope"]) == 2
+    assert ui_cli.main(["--tracking-uri", uri, "--experiment", "nope"]) == 2
     assert capsys.readouterr().err.startswith("alframe: error: no MLflow experiment named 'nope'")

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # conf/hydra/launcher/{joblib,submitit_slurm}.yaml spell out the plugins' configs in full; Hydra
 # still validates them against the plugins' schemas of the same name, with a deprecation notice.
 warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name")

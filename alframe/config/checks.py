@@ -14,8 +14,8 @@ PROTOCOLS = ("epochs", "steps", "batchbald2019", "gal2017")
 
 
 
-def _get(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key, default=None)
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default)
 
 
 def _int(cfg: DictConfig, key: str, low: int, high: int, what: str) -> None:
@@ -93,7 +93,7 @@ def validate_protocol(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the key, the bad value and what is allowed.
     """
-    protocol = _get(cfg, "trainer.protocol") or "epochs"
+    protocol = _get(cfg, "trainer.protocol", "epochs")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"trainer.protocol={protocol!r} is invalid: must be one of {list(PROTOCOLS)}")
     for key in ("trainer.steps_per_round", "trainer.epoch_samples"):
