@@ -144,7 +144,7 @@ def test_strategy_configs_default_and_option(name, default):
     (["strategy=batchbald", "loop.consistent_dropout=false"], False),
     (["strategy=bald", "strategy.consistent_dropout=true", "loop.consistent_dropout=false"], False)])
 def test_loop_scores_with_the_round_seed_when_consistent(run, monkeypatch, overrides, consistent):
-    import alframe.loop.experiment as loop
+    import alframe.loop.selection as loop
 
     seen = []
     real = loop.compute_outputs

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from alframe.loop.experiment import Experiment, aubc
+from alframe.loop.experiment import Experiment
+from alframe.metrics import aubc
 from alframe.rundir.state import PoolState
 
 from .conftest import FAST, compose

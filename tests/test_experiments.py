@@ -144,7 +144,7 @@ def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # n
     run = client.get_run(result.run_id)
     assert client.get_experiment(run.info.experiment_id).name == f"{name}-smoke"
     assert client.get_experiment_by_name(name) is None  # the real experiment gets no smoke run
-    assert run.data.params["smoke"] == "True" and run.data.tags["alframe.config.smoke"] == "true"
+    assert run.data.params["smoke"] == "True" and run.data.tags["alframe.smoke"] == "true"
     assert run.data.tags["strategy"] == cfg.strategy.name
     steps = [m.step for m in client.get_metric_history(result.run_id, "test_accuracy")]
     assert sorted(steps) == [20, 30]

@@ -89,7 +89,7 @@ def test_run_ends_with_the_link_to_its_curves(run, tmp_path, capsys):
     assert stored["compareRunCharts"][0]["metricKey"] == "test_accuracy"
     r = client.get_run(res.run_id)
     assert r.info.run_name.startswith("entropy-small_cnn-digits-seed0-")
-    assert r.data.tags[STATUS_TAG] == "finished" and "alframe.config.smoke" not in r.data.tags
+    assert r.data.tags[STATUS_TAG] == "finished" and "alframe.smoke" not in r.data.tags
 
 
 def test_job_prefix_on_every_line():

@@ -76,7 +76,7 @@ def main(cfg: DictConfig) -> float:
     resumes, and exits with code 130.
     """
     from alframe import progress
-    from alframe.config.checks import validate_static
+    from alframe.config.settings import settings_of
     from alframe.errors import ConfigError, StateMismatchError
 
     job_dir, sweep_id, job_num = job_context()
@@ -85,10 +85,10 @@ def main(cfg: DictConfig) -> float:
     experiment = None
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        validate_static(cfg)
+        settings = settings_of(cfg)  # every check that needs no data, once, before torch loads
         from alframe.loop.experiment import build_experiment
 
-        experiment = build_experiment(cfg, job_dir, sweep_id=sweep_id)
+        experiment = build_experiment(settings, job_dir, sweep_id=sweep_id)
         return experiment.run().final_accuracy
     except (ConfigError, StateMismatchError) as e:
         remove_hydra_debris(job_dir)

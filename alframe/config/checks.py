@@ -112,3 +112,28 @@ def validate_protocol(cfg: DictConfig) -> None:
     if not isinstance(_get(cfg, "trainer.restore_best", False), bool):
         raise ConfigError(f"trainer.restore_best={_get(cfg, 'trainer.restore_best')!r} is invalid: must be "
                           "true or false")
+
+
+def validate_stopping(cfg: DictConfig) -> None:
+    """Check ``loop.stop_kappa``, ``loop.stop_window`` and ``loop.stop_set_size``.
+
+    Raises:
+        ConfigError: naming the key, the bad value and what is allowed.
+    """
+    loop = cfg.loop
+    size = loop.get("stop_set_size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ConfigError(f"loop.stop_set_size={size!r} is invalid: must be an integer >= 0 "
+                          "(pool samples scored each round for stop_kappa; 0 = off)")
+    threshold = loop.get("stop_kappa")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 < threshold <= 1.0:
+            raise ConfigError(f"loop.stop_kappa={threshold!r} is invalid: must be a kappa in (-1, 1] "
+                              "(e.g. 0.99) or null to turn the stopping criterion off")
+        if size == 0:
+            raise ConfigError("loop.stop_kappa needs a stop set: loop.stop_set_size=0 is invalid with it, "
+                              "must be an integer >= 1")
+    window = loop.get("stop_window", 3)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"loop.stop_window={window!r} is invalid: must be an integer >= 1 "
+                          "(rounds in a row with kappa >= loop.stop_kappa)")

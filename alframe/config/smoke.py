@@ -6,7 +6,7 @@ initial labels and 10 per round, at most 64 scored pool samples, at most 5 steps
 epoch for the step and fixed-length protocols, a subset of the data
 (torchvision datasets: 300 training / 100 test samples, validation at most 20) and at most 4 MC
 samples. The result is a real run, not a measurement: it is logged to its own MLflow experiment
-``<mlflow.experiment_name>-smoke`` (tag ``alframe.config.smoke=true``), so smoke runs never mix with the
+``<mlflow.experiment_name>-smoke`` (tag ``alframe.smoke=true``), so smoke runs never mix with the
 budget curves of the real experiment.
 """
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
 from sklearn.metrics import cohen_kappa_score
 
-from alframe.errors import ConfigError
+from alframe.loop.hooks import RoundHook
 from alframe.rundir.state import PoolState, atomic_write
 
 STOP_FILE = "stop_set.npz"
@@ -51,36 +50,11 @@ def kappa(a: np.ndarray, b: np.ndarray) -> float:
     return float(cohen_kappa_score(a, b))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check ``loop.stop_kappa``, ``loop.stop_window`` and ``loop.stop_set_size``.
-
-    Raises:
-        ConfigError: naming the key, the bad value and what is allowed.
-    """
-    loop = cfg.loop
-    size = loop.get("stop_set_size", 0)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ConfigError(f"loop.stop_set_size={size!r} is invalid: must be an integer >= 0 "
-                          "(pool samples scored each round for stop_kappa; 0 = off)")
-    threshold = loop.get("stop_kappa")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 < threshold <= 1.0:
-            raise ConfigError(f"loop.stop_kappa={threshold!r} is invalid: must be a kappa in (-1, 1] "
-                              "(e.g. 0.99) or null to turn the stopping criterion off")
-        if size == 0:
-            raise ConfigError("loop.stop_kappa needs a stop set: loop.stop_set_size=0 is invalid with it, "
-                              "must be an integer >= 1")
-    window = loop.get("stop_window", 3)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ConfigError(f"loop.stop_window={window!r} is invalid: must be an integer >= 1 "
-                          "(rounds in a row with kappa >= loop.stop_kappa)")
-
-
 class StabilisingPredictions:
     """The stop set, its per-round predictions and the stopping decision.
 
     Args:
-        cfg: the run's config (``seed``, ``loop.stop_set_size``, ``loop.stop_kappa``, ``loop.stop_window``).
+        cfg: the run's settings or config (``seed``, ``loop.stop_set_size``, ``loop.stop_kappa``, ``loop.stop_window``).
         state: the pool state at the start of the run; the stop set is drawn from its available
             samples with a generator seeded by ``seed`` alone, so it is the same after a resume.
         run_dir: where ``stop_set.npz`` is kept.
@@ -89,17 +63,13 @@ class StabilisingPredictions:
         idx: ``[S] int64`` the stop set (absolute train-source indices, ascending).
         rounds: rounds recorded so far; ``kappas``: their kappa against the previous round
             (NaN for the first); ``predictions``: their ``[S]`` predicted classes.
-
-    Raises:
-        ConfigError: bad ``loop.stop_*`` values (:func:`validate`).
     """
 
-    def __init__(self, cfg: DictConfig, state: PoolState, run_dir: Path):
-        validate(cfg)
+    def __init__(self, cfg, state: PoolState, run_dir: Path):
         self.path = Path(run_dir) / STOP_FILE
-        self.threshold = cfg.loop.get("stop_kappa")
-        self.window = int(cfg.loop.get("stop_window", 3))
-        size = int(cfg.loop.get("stop_set_size", 0))
+        self.threshold = cfg.loop.stop_kappa
+        self.window = int(cfg.loop.stop_window)
+        size = int(cfg.loop.stop_set_size)
         self.rounds: list[int] = []
         self.kappas: list[float] = []
         self.predictions: list[np.ndarray] = []
@@ -154,3 +124,21 @@ class StabilisingPredictions:
                     f"stop set >= loop.stop_kappa={self.threshold} for {self.window} round(s) "
                     f"({', '.join(f'{k:.4f}' for k in last)})")
         return None
+
+
+class StopOnStablePredictions(RoundHook):
+    """Round hook of :class:`StabilisingPredictions`: ``stop_kappa`` every round (while
+    ``loop.stop_set_size`` > 0) and the stop once predictions have stabilised (``loop.stop_kappa``)."""
+
+    stopper: StabilisingPredictions | None = None
+
+    def setup(self, run):
+        self.stopper = StabilisingPredictions(run.settings, run.state, run.run_dir)
+
+    def on_round_end(self, run, round, net, tracker):
+        if not self.stopper.enabled:
+            return {}
+        return self.stopper.update(round, run.probs(net, self.stopper.idx).argmax(dim=1).numpy())
+
+    def stop_reason(self, run):
+        return self.stopper.reason()

@@ -149,7 +149,7 @@ def create_app(session: LabelSession) -> Flask:
     ``{"index": i}``, ``POST /api/undo``. Refused requests get a 4xx JSON ``{"error": msg}``
     and change nothing.
     """
-    app = Flask("alframe.loop.labelling", static_folder=None)
+    app = Flask("alframe.labelling", static_folder=None)
 
     @app.errorhandler(BadRequest)
     def _bad(e: BadRequest):

@@ -169,7 +169,7 @@ def log_report(tracking_uri: str, experiment: str, files: Sequence[Path], report
     """Log ``files`` as artifacts (and per-strategy summary metrics) of a new summary run in the
     experiment ``<experiment>-reports``.
 
-    The run is tagged ``alframe.reporting.report=true`` and, as ``report_experiment`` /
+    The run is tagged ``alframe.report=true`` and, as ``report_experiment`` /
     ``report_sweep_id`` / ``report_filter``, with what it summarises.
 
     Returns:

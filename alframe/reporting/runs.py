@@ -11,7 +11,7 @@ from alframe.errors import ReportError
 from alframe.tracking.store import _client, _quote, latest_sweep_id
 
 #: tag marking the summary runs written by this module (never read back as data)
-REPORT_TAG = "alframe.reporting.report"
+REPORT_TAG = "alframe.report"
 #: suffix of the MLflow experiment that holds the report runs of an experiment
 REPORT_EXPERIMENT_SUFFIX = "-reports"
 

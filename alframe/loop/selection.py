@@ -1,0 +1,119 @@
+"""What gets labelled: the initial labelled set (round 0, seed labels a person gave), each round's
+query (score the pool once, the strategy picks) and the contract every batch must keep."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from alframe import faults
+from alframe.data.base import ALData
+from alframe.models.base import ALNet
+from alframe.rundir.state import PoolState
+from alframe.scoring.pool import compute_outputs
+from alframe.strategies.base import QueryStrategy
+from alframe.training.seeds import SCORE, round_rng, round_seed
+
+
+def initial_indices(cfg, data: ALData, state: PoolState, k: int | None = None) -> np.ndarray:
+    """The initial labelled set to request: seeded random, or class-balanced (simulation only).
+
+    Args:
+        cfg: the run's settings (``seed``, ``loop.initial_size``, ``loop.initial_balanced``).
+        k: how many to pick from the pool (default ``loop.initial_size``).
+
+    Returns:
+        ``[k] int64`` sorted absolute pool indices.
+    """
+    rng = round_rng(cfg.seed, 0)
+    pool = state.pool_idx
+    k = int(cfg.loop.initial_size) if k is None else int(k)
+    if not cfg.loop.initial_balanced:
+        return np.sort(rng.choice(pool, size=k, replace=False))
+    # Class-balanced start (Gal et al. 2017): k // C per class, the rest at random.
+    y = data.targets[pool]
+    per = k // data.num_classes
+    picked = []
+    for c in range(data.num_classes):
+        members = pool[y == c]
+        picked.append(rng.choice(members, size=min(per, len(members)), replace=False))
+    chosen = np.concatenate(picked)
+    rest = np.setdiff1d(pool, chosen)
+    extra = rng.choice(rest, size=k - len(chosen), replace=False)
+    return np.sort(np.concatenate([chosen, extra]).astype(np.int64))
+
+
+def check_query(chosen: np.ndarray, candidates: np.ndarray, state: PoolState, k: int, name: str) -> None:
+    """Enforce the strategy contract: ``min(k, M)`` unique candidate indices, none labelled.
+
+    Raises:
+        RuntimeError: naming the strategy and what it broke.
+    """
+    want = min(k, len(candidates))
+    if len(chosen) != want:
+        raise RuntimeError(f"strategy {name!r} returned {len(chosen)} indices, expected {want}")
+    if len(np.unique(chosen)) != len(chosen):
+        raise RuntimeError(f"strategy {name!r} returned duplicate indices")
+    outside = np.setdiff1d(chosen, candidates)
+    if len(outside):
+        raise RuntimeError(f"strategy {name!r} returned indices outside the scored pool: {outside[:10].tolist()}")
+    if state.labelled_mask[chosen].any():
+        raise RuntimeError(f"strategy {name!r} returned already-labelled indices")
+
+
+def record_seed_labels(data: ALData, state: PoolState, initial_size: int) -> int:
+    """Record labels a person already gave (``dataset.seed_labels``) as round-0 labels (once:
+    only while nothing is labelled; ``state.progress.seed_labels`` counts them).
+
+    Returns:
+        How many initial samples are still to be requested from the oracle:
+        ``max(0, initial_size - number of labels)``.
+    """
+    seed_idx = data.extras.get("seed_idx")
+    if seed_idx is not None and len(seed_idx) and state.n_labelled == 0:
+        state.label(np.asarray(seed_idx), np.asarray(data.extras["seed_labels"]), 0, num_classes=data.num_classes)
+        state.progress.seed_labels = int(len(seed_idx))
+    return max(0, int(initial_size) - state.n_labelled)
+
+
+def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState, r: int, device,
+          spread=None) -> tuple[np.ndarray, dict[str, float]]:
+    """Score the pool (or a seeded subset of ``loop.pool_subset``) once, with what the strategy
+    ``requires``, and let it pick round ``r``'s batch of ``loop.query_size`` (capped by the budget
+    and the pool).
+
+    Args:
+        s: the run's settings.
+        device, spread: where scoring runs (:mod:`alframe.scoring`).
+
+    Returns:
+        ``([k] int64 pool indices, {"score_seconds", "query_seconds"})``; the batch is checked by
+        :func:`check_query`.
+
+    Raises:
+        RuntimeError: the strategy broke its contract.
+    """
+    loop, rng, pool = s.loop, round_rng(s.seed, r), state.pool_idx
+    k = loop.query_size if loop.budget is None else min(loop.query_size, loop.budget - state.n_labelled)
+    k = min(k, len(pool))
+    candidates = pool
+    if loop.pool_subset is not None and loop.pool_subset < len(pool):
+        candidates = np.sort(rng.choice(pool, size=loop.pool_subset, replace=False))
+    score_seed = round_seed(s.seed, r, SCORE)
+    torch.manual_seed(score_seed)  # MC-dropout masks, drawn per sample
+    faults.point("score")
+    t0 = time.perf_counter()
+    outputs = compute_outputs(net, data.train, candidates, strategy.requires,
+                              mc_samples=int(getattr(strategy, "mc_samples", 0) or 0),
+                              batch_size=loop.eval_batch_size, device=device, spread=spread,
+                              labelled_idx=state.labelled_idx,
+                              # consistent MC dropout: one mask per MC sample for the whole pool
+                              mask_seed=score_seed if strategy.consistent_dropout else None)
+    score_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    chosen = np.asarray(strategy.query(outputs, k, rng), dtype=np.int64)
+    query_s = time.perf_counter() - t0
+    check_query(chosen, candidates, state, k, strategy.name)
+    return chosen, {"score_seconds": score_s, "query_seconds": query_s}

@@ -1,0 +1,95 @@
+"""Building one job's parts from its settings, every check before any work: the data, the
+query strategy, the oracle, the round hooks, and the run folder with its pool state (new, or a
+saved run of the same data and config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from alframe.config.fingerprint import config_fingerprints
+from alframe.config.instantiate import instantiate_checked
+from alframe.config.settings import Settings
+from alframe.data.base import ALData, load_data
+from alframe.errors import ConfigError, StateMismatchError
+from alframe.loop.hooks import RoundHook
+from alframe.oracles.base import Oracle
+from alframe.rundir.resume import check_same_data, resolve_run_dir
+from alframe.rundir.state import PoolState, RunProgress
+from alframe.strategies.base import QueryStrategy
+from alframe.tracking.run import Tracker, start_run
+from alframe.tracking.store import tracking_uri_of
+
+
+@dataclass
+class Parts:
+    """What :func:`build_parts` builds. ``resuming``: the state was loaded from ``run_dir``."""
+
+    data: ALData
+    strategy: QueryStrategy
+    oracle: Oracle
+    hooks: list[RoundHook]
+    run_dir: Path
+    resuming: bool
+    state: PoolState
+
+
+def _instance(node, what: str, kind: type, kind_name: str):
+    obj = instantiate_checked(node, f"{what} ({node.get('_target_')})")
+    if not isinstance(obj, kind):
+        raise ConfigError(f"{what}._target_={node.get('_target_')!r} is not an alframe {kind_name}")
+    return obj
+
+
+def build_parts(s: Settings, job_dir: Path) -> Parts:
+    """Load the data, build the strategy, oracle and hooks, and open the run folder's state.
+
+    Raises:
+        ConfigError: bad values (named with what is allowed).
+        StateMismatchError: the saved state belongs to another dataset or configuration.
+    """
+    data = load_data(s.dataset)
+    strategy = _instance(s.strategy, "strategy", QueryStrategy, "QueryStrategy")
+    if s.loop.consistent_dropout is not None and "mc_probs" in strategy.requires:
+        strategy.consistent_dropout = s.loop.consistent_dropout  # one mask mode for a comparison
+    oracle = _instance(s.oracle, "oracle", Oracle, "Oracle")
+    hooks = [_instance(node, f"hooks.{name}", RoundHook, "RoundHook") for name, node in s.hooks.items()]
+    fingerprint, accepted = config_fingerprints(s.raw)
+    run_dir, resuming = resolve_run_dir(s.raw, Path(job_dir), accepted)
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        state = PoolState.load(run_dir)
+        check_same_data(run_dir, state.progress.dataset_fingerprint, data)
+        if state.progress.config_fingerprint not in accepted:
+            raise StateMismatchError(
+                f"saved state in {run_dir} has config_fingerprint={state.progress.config_fingerprint!r}, but this "
+                f"run has config_fingerprint={fingerprint!r}: it belongs to another dataset or configuration")
+        state.progress.config_fingerprint = fingerprint
+    else:
+        state = PoolState.create(data.n_train, holdout=data.val_idx, progress=RunProgress(
+            dataset_fingerprint=data.fingerprint, config_fingerprint=fingerprint))
+    s.check_with_data(state.n_pool + state.n_labelled, data.num_classes, data.targets is not None,
+                      len(data.val_idx) > 0, data.name)
+    return Parts(data, strategy, oracle, hooks, run_dir, resuming, state)
+
+
+def start_tracking(s: Settings, progress: RunProgress, strategy: str, dataset: str, oracle: str, run_dir: Path,
+                   sweep_id: str | None) -> tuple[Tracker, bool]:
+    """Start (or reopen, on resume) the job's MLflow run, tagged with what a sweep is grouped by.
+
+    Returns:
+        ``(tracker, new)``: ``new`` when the run was created now (its id is then in ``progress``).
+    """
+    uri = progress.tracking_uri or tracking_uri_of(s)  # a resumed run stays in its store
+    tags = {"strategy": strategy, "dataset": dataset, "model": s.model.name, "seed": s.seed, "oracle": oracle,
+            "run_dir": str(run_dir), **({"sweep_id": sweep_id} if sweep_id else {}),
+            **({"alframe.smoke": "true"} if s.smoke else {})}
+    tracker = start_run(uri, s.mlflow.experiment_name, progress.run_id, s.mlflow.run_name, tags,
+                        OmegaConf.to_container(s.raw, resolve=True), run_dir)
+    new = progress.run_id is None
+    if new:
+        progress.run_id, progress.tracking_uri = tracker.run_id, uri
+    return tracker, new
