@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alframe-installed
+DOCS_STAMP := $(VENV)/.alframe-docs-installed
 ARGS   ?=
 # Keep BLAS/torch to the cores we have; override e.g. `make test THREADS=8`.
 THREADS ?= 2
 export OMP_NUM_THREADS ?= $(THREADS)
 
-.PHONY: help install run test test-all sweep report bench ui lint lint-layout clean label-studio-check
+.PHONY: help install run test test-all sweep report bench ui lint lint-layout docs clean label-studio-check
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +51,14 @@ ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000; print
 	-$(BIN)/python -m alframe.cli.ui --tracking-uri sqlite:///$(CURDIR)/outputs/mlflow.db $(ARGS)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
+# The docs extra (MkDocs, mkdocs-material, mkdocstrings) on top of the dev install; redone when $(STAMP) is.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)  ## build the documentation site (docs/, mkdocs.yml) into site/, warnings are errors
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Longest module allowed, in lines: a longer one is two rooms.
 MAX_MODULE_LINES ?= 450
 
@@ -64,5 +73,5 @@ lint-layout:  ## the floors contract and module length only (no install step)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
-	rm -rf .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache site
 	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +
