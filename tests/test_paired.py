@@ -131,6 +131,17 @@ def test_equal_differences_fall_back_to_percentile():
     assert r["seeds_needed"] is None and "no effect observed" in r["note"]
 
 
+def test_equal_nonzero_differences_use_the_sign_test():
+    # labels saved are multiples of the batch: 2 seeds that both save 10 labels prove little
+    two = pc.compare([10.0, 10.0])
+    assert (two["ci_low"], two["ci_high"]) == (10.0, 10.0) and two["p_value"] == pytest.approx(0.5)
+    assert two["verdict"] == "not distinguishable with 2 seeds" and two["seeds_needed"] == 6
+    assert "sign test" in two["note"]
+    assert pc.compare([-20.0] * 5)["verdict"] == "not distinguishable with 5 seeds"  # p = 0.0625
+    six = pc.compare([-20.0] * 6)
+    assert six["verdict"] == "worse" and six["p_value"] == pytest.approx(2 * 0.5**6)
+
+
 def test_no_effect_observed_and_one_seed():
     r = pc.compare([0.1, -0.1, 0.2, -0.2])
     assert r["mean_diff"] == 0 and r["seeds_needed"] is None and r["note"] == "no effect observed"
@@ -264,3 +275,4 @@ def test_pairs_without_common_budget_or_with_nan_are_left_out():
     assert "2 paired seed(s) without a common budget or with non-finite accuracies left out" in r.note
     curves = pc.paired_difference_curves(runs).set_index("labels")
     assert curves.loc[80, "n_seeds"] == 3 and curves.loc[100, "n_seeds"] == 4  # NaN at 80 for seed 0
+

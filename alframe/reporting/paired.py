@@ -134,12 +134,16 @@ def bootstrap_ci(diffs, confidence: float = CONFIDENCE, n_resamples: int = N_RES
 def paired_t_pvalue(diffs) -> float:
     """Two-sided p-value of the paired t-test of mean(diffs) = 0 (``scipy.stats.ttest_1samp``).
 
+    Where all differences are equal the t statistic is undefined (sd = 0; common for labels
+    saved, which are multiples of the acquisition batch): then the exact two-sided sign test
+    (``scipy.stats.binomtest``: ``2 * 0.5**n``, so 6 equal non-zero differences are needed at
+    alpha 0.05), and 1.0 when they are all 0.
+
     Args:
         diffs: ``[n_seeds] float`` per-seed differences.
 
     Returns:
-        The p-value; NaN with fewer than 2 values; 0.0 when all differences are equal and
-        non-zero (t is infinite), 1.0 when all are 0.
+        The p-value; NaN with fewer than 2 values.
 
     Raises:
         ValueError: ``diffs`` is not 1-D or has non-finite values.
@@ -148,7 +152,7 @@ def paired_t_pvalue(diffs) -> float:
     if len(d) < 2:
         return float("nan")
     if np.ptp(d) == 0.0:
-        return 1.0 if abs(d[0]) <= ZERO_EFFECT else 0.0
+        return 1.0 if abs(d[0]) <= ZERO_EFFECT else float(stats.binomtest(len(d), len(d)).pvalue)
     return float(stats.ttest_1samp(d, 0.0).pvalue)
 
 
@@ -255,7 +259,8 @@ def compare(diffs, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLE
 
     Returns:
         Dict with ``n_seeds, mean_diff, ci_low, ci_high, verdict, seeds_needed`` (int, or None
-        where the verdict is not "not distinguishable", the mean is 0 or there are < 2 seeds),
+        where the verdict is not "not distinguishable", the mean is 0 or there are < 2 seeds;
+        where all differences are equal, the seeds the sign test needs),
         ``p_value, ci_method`` (``"BCa"``, ``"percentile"`` or ``""`` without interval) and
         ``note`` (text, possibly empty: "no effect observed", t-test overruled the interval, ...).
 
@@ -285,6 +290,9 @@ def compare(diffs, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLE
             d_eff = out["mean_diff"] / sd
             out["seeds_needed"] = seeds_needed(d_eff, power, alpha)
             notes.append(f"effect size d = {d_eff:.2g}")
+        else:  # all differences equal: the sign test needs n with 2 * 0.5**n < alpha
+            out["seeds_needed"] = int(math.floor(math.log2(2.0 / alpha))) + 1
+            notes.append(f"all {n} differences equal: sign test instead of the t-test")
     out["note"] = "; ".join(notes)
     return out
 
@@ -511,7 +519,8 @@ def plot_paired_differences(curves: pd.DataFrame, baseline: str = "random",
     Returns:
         A matplotlib Figure (caller saves and closes it): line ``i`` of ``fig.axes[0]`` is the
         ``i``-th strategy's mean difference (the last line is the dashed zero line), with its
-        shaded interval where defined.
+        shaded interval where defined (pointwise: one interval per label count, not a band that
+        holds for the whole curve at once).
     """
     import matplotlib
 
