@@ -45,6 +45,7 @@ increasing) and ``accuracy`` (``[R]`` float) attributes, e.g. ``alframe.report.R
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -65,6 +66,8 @@ POWER = 0.8
 ALPHA = 0.05
 #: mean differences smaller than this (in absolute value) count as "no effect observed"
 ZERO_EFFECT = 1e-12
+#: scipy >= 1.15 takes ``rng``; older versions (pyproject allows scipy >= 1.11) ``random_state``
+_RNG_ARG = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
 COLUMNS = ["a", "b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "verdict", "seeds_needed",
            "p_value", "ci_method", "note"]
 CURVE_COLUMNS = ["group", "labels", "n_seeds", "mean_diff", "ci_low", "ci_high"]
@@ -124,7 +127,7 @@ def bootstrap_ci(diffs, confidence: float = CONFIDENCE, n_resamples: int = N_RES
             warnings.simplefilter("ignore", stats.DegenerateDataWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             res = stats.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=int(n_resamples),
-                                  method=method, rng=np.random.default_rng(random_state))
+                                  method=method, **{_RNG_ARG: np.random.default_rng(random_state)})
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if np.isfinite(low) and np.isfinite(high):
             return low, high, method
