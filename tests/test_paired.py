@@ -276,3 +276,36 @@ def test_pairs_without_common_budget_or_with_nan_are_left_out():
     curves = pc.paired_difference_curves(runs).set_index("labels")
     assert curves.loc[80, "n_seeds"] == 3 and curves.loc[100, "n_seeds"] == 4  # NaN at 80 for seed 0
 
+
+
+def test_report_writes_and_prints_the_paired_table(tmp_path, capsys):
+    from alframe import reporting as rp  # the wiring into alframe-report
+
+    def run(group, seed, acc):
+        return rp.RunCurve(run_id=f"{group}{seed}", group=group, seed=str(seed), labels=LABELS, accuracy=acc)
+
+    g = np.random.default_rng(11)
+    runs = []
+    for s in range(10):
+        base = _base(s)
+        runs += [run("random", s, base), run("entropy", s, base + 0.04 + 0.004 * g.normal(size=len(LABELS))),
+                 run("margin", s, base + 0.02 * g.normal(size=len(LABELS)))]
+    rep = rp.build_report(runs, targets=(0.85,))
+    files = rp.write_report(rep, tmp_path, "paired test")
+    for f in ("paired.csv", "paired_differences.png", "paired_curves.csv", "budget_curves.png", "summary.md"):
+        assert tmp_path / f in files and (tmp_path / f).is_file(), f
+    table = pd.read_csv(tmp_path / "paired.csv")
+    assert list(table.columns[:9]) == ["a", "b", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high", "verdict",
+                                       "seeds_needed"]
+    assert _row(table, "aubc", "entropy", "random").verdict == "better"
+    assert _row(table, "final_acc", "entropy", "margin").verdict == "better"
+    assert _row(table, "final_acc", "margin", "random").verdict == "not distinguishable with 10 seeds"
+    assert set(table.metric) == {"aubc", "final_acc", "labels_saved_85"}
+    curves = pd.read_csv(tmp_path / "paired_curves.csv")
+    assert set(curves.strategy) == {"entropy", "margin"}
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Paired comparisons" in md and "| entropy | random | aubc | 10 |" in md
+    assert "![paired difference from random](paired_differences.png)" in md
+    rp.print_report(rep, "paired test")
+    printed = capsys.readouterr().out
+    assert "paired over seeds" in printed and "better" in printed
