@@ -12,6 +12,7 @@ import pandas as pd
 
 from alframe.loop import machine_labels
 from alframe.metrics import aubc, labels_to_target
+from alframe.reporting import paired as paired_stats
 from alframe.reporting.runs import RunCurve
 
 DEFAULT_TARGETS = (0.90, 0.95)
@@ -31,6 +32,10 @@ class Report:
         notes: warnings to show with the report (skipped runs, unequal lengths, ...).
         machine_labels: per (group, threshold) the final machine-label count, coverage and
             accuracy averaged over seeds (:func:`machine_label_table`); None without such metrics.
+        paired: paired comparisons (:func:`alframe.reporting.paired.paired_table`); None with
+            fewer than 2 strategies.
+        paired_curves: mean paired difference from the baseline per (group, labels)
+            (:func:`alframe.reporting.paired.paired_difference_curves`); None without baseline.
     """
 
     runs: list[RunCurve]
@@ -40,6 +45,8 @@ class Report:
     targets: tuple[float, ...]
     notes: list[str] = field(default_factory=list)
     machine_labels: pd.DataFrame | None = None
+    paired: pd.DataFrame | None = None
+    paired_curves: pd.DataFrame | None = None
 
 
 # --------------------------------------------------------------------------- statistics
@@ -244,5 +251,8 @@ def build_report(runs: Sequence[RunCurve], targets: Sequence[float] = DEFAULT_TA
                      "accuracy with care")
     if baseline not in set(summary.group):
         notes.append(f"no {baseline!r} runs: label savings are not computed")
+    paired = paired_stats.paired_table(runs, baseline, targets, notes=notes)
+    paired_curves = paired_stats.paired_difference_curves(runs, baseline)
     return Report(runs=list(runs), curves=curves, summary=summary, pairwise=pairwise_matrix(runs),
-                  targets=tuple(targets), notes=notes, machine_labels=machine_label_table(runs))
+                  targets=tuple(targets), notes=notes, machine_labels=machine_label_table(runs),
+                  paired=paired if len(paired) else None, paired_curves=paired_curves if len(paired_curves) else None)
