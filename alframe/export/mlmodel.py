@@ -213,7 +213,6 @@ def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALN
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    import alframe
 
     path = Path(path)
     if path.exists():
@@ -230,7 +229,7 @@ def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALN
         mlflow.pyfunc.save_model(
             str(path), python_model=AlframeClassifier(),
             artifacts={"weights": str(weights), "net_config": str(net_cfg), "preprocessing": str(prep_path)},
-            code_paths=[str(Path(alframe.__file__).parent)], signature=signature,
+            code_paths=[str(Path(__file__).resolve().parents[1])], signature=signature,  # the alframe package
             input_example=np.zeros((1, *prep.input_shape), dtype=np.float32),
             # explicit requirements: MLflow would otherwise infer them in a slow subprocess
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
