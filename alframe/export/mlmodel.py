@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from alframe.data.base import ALData
 from alframe.models.base import ALNet
+
+if TYPE_CHECKING:  # the checked settings (alframe.config.settings) or a composed config
+    from alframe.config.settings import Settings
 
 PREPROCESSING_FILE = "preprocessing.json"
 MODEL_DIR = "model"  # local copy in the run folder and the artifact path in MLflow
@@ -143,7 +147,7 @@ def predict_pixels(net: ALNet, prep: Preprocessing, pixels: torch.Tensor | np.nd
     return torch.cat(out_c).numpy().astype(np.int64), torch.cat(out_p).numpy().astype(np.float32)
 
 
-def write_preprocessing(run_dir: Path, cfg: DictConfig, data: ALData) -> Path:
+def write_preprocessing(run_dir: Path, cfg: Settings | DictConfig, data: ALData) -> Path:
     """Save ``run_dir/preprocessing.json`` (see :class:`Preprocessing`); returns its path."""
     return Preprocessing.from_data(data, cfg.dataset).save(Path(run_dir) / PREPROCESSING_FILE)
 
@@ -202,7 +206,7 @@ def _quiet_mlflow():
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
-def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALNet) -> Path:
+def save_mlflow_model(path: Path, cfg: Settings | DictConfig, prep: Preprocessing, net: ALNet) -> Path:
     """Write ``net`` as an MLflow pyfunc model folder at ``path`` (replaced if it exists).
 
     Returns:
@@ -241,7 +245,7 @@ def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALN
     return path
 
 
-def log_model(tracker, run_dir: Path, cfg: DictConfig, data: ALData, net: ALNet,
+def log_model(tracker, run_dir: Path, cfg: Settings | DictConfig, data: ALData, net: ALNet,
               artifact_path: str = MODEL_DIR) -> str:
     """Save the model into ``run_dir/<artifact_path>`` and log it as artifacts of the tracker's run.
 

@@ -65,9 +65,9 @@ class Experiment:
         parts = build_parts(s, job_dir)
         self.data, self.strategy, self.oracle, self.hooks = parts.data, parts.strategy, parts.oracle, parts.hooks
         self.run_dir, self.resuming, self.state = parts.run_dir, parts.resuming, parts.state
-        check_training_setup(s.raw, self.data, self.strategy, self.run_dir)
-        self.device = device_of(s.raw)
-        self.spread = scoring_spread(s.raw, self.run_dir)  # trainer.devices=N > 1: sharded scoring
+        check_training_setup(s, self.data, self.strategy, self.run_dir)
+        self.device = device_of(s)
+        self.spread = scoring_spread(s, self.run_dir)  # trainer.devices=N > 1: sharded scoring
         self.session = OracleSession(self.oracle, self.data, self.state, self._save, self.device)
         self.run_ctx = Run(s, self.data, self.state, self.run_dir, self.device)
         for hook in self.hooks:
@@ -149,7 +149,7 @@ class Experiment:
         pseudo = None if not pseudo else tuple(np.concatenate(part) for part in zip(*pseudo, strict=True))
         with progress.status(f"round {r}: training on {n} labels"):
             t0 = time.perf_counter()
-            net = fit(self.cfg, self.data, state, r, self.run_dir, pseudo=pseudo)
+            net = fit(self.settings, self.data, state, r, self.run_dir, pseudo=pseudo)
             train_s = time.perf_counter() - t0
             sets = [self.data.test] + ([self.data.validation_set()] if len(self.data.val_idx) else [])
             test, *val = evaluate_many(net, sets, self.settings.loop.eval_batch_size, self.device, self.spread)
@@ -203,7 +203,7 @@ class Experiment:
 
     # ------------------------------------------------------------------ run folder and MLflow
     def _load_net(self) -> ALNet | None:
-        return load_net(self.cfg, self.data, self.run_dir)
+        return load_net(self.settings, self.data, self.run_dir)
 
     def _save(self) -> None:
         self.state.save(self.run_dir)

@@ -57,7 +57,7 @@ def build_parts(s: Settings, job_dir: Path) -> Parts:
     oracle = _instance(s.oracle, "oracle", Oracle, "Oracle")
     hooks = [_instance(node, f"hooks.{name}", RoundHook, "RoundHook") for name, node in s.hooks.items()]
     fingerprint, accepted = config_fingerprints(s.raw)
-    run_dir, resuming = resolve_run_dir(s.raw, Path(job_dir), accepted)
+    run_dir, resuming = resolve_run_dir(s, Path(job_dir), accepted)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if resuming:
