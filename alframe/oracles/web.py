@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from flask import Flask, jsonify, redirect, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from alframe import progress
@@ -233,6 +233,8 @@ class LabelSession:
         else:
             if isinstance(raw_label, bool) or not isinstance(raw_label, (int, str)):
                 raise BadRequest(400, f"'label' must be a class name or number, got {_short(raw_label)}")
+            if isinstance(raw_label, str) and len(raw_label) > 1000 and raw_label not in self.data.class_names:
+                raise BadRequest(400, f"unknown class {_short(raw_label)} ({len(raw_label)} characters)")
             try:
                 y = parse_label(raw_label, self.data.class_names)
             except ValueError as e:
@@ -316,7 +318,7 @@ def create_app(session: LabelSession, token: str, port: int, host: str = "127.0.
             if request.method not in ("GET", "HEAD") or not same_token(request.args.get("token"), token):
                 raise BadRequest(403, "wrong token: open the URL printed by this run")
             rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
-            path = "/" if request.path.startswith("//") else request.path
+            path = request.path if re.fullmatch(r"/([^/\\][^\\]*)?", request.path) else "/"  # never //host
             resp = redirect(path + ("?" + urlencode(rest) if rest else ""), 303)
             resp.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
             return resp
@@ -369,8 +371,11 @@ def create_app(session: LabelSession, token: str, port: int, host: str = "127.0.
         return jsonify(error=f"internal error ({type(e).__name__}); see the run's log"), 500
 
     def _body(*fields: str) -> dict:
+        data = request.get_data()  # 413 when Content-Length > MAX_CONTENT_LENGTH
+        if request.content_length is None and len(data) >= MAX_BODY:
+            raise RequestEntityTooLarge()  # chunked: werkzeug stops reading at the limit, silently
         try:
-            body = request.get_json(silent=True)  # 413 above MAX_CONTENT_LENGTH
+            body = request.get_json(silent=True)  # parses the cached data
         except RecursionError:  # [[[[...]]]]
             body = None
         if not isinstance(body, dict):
