@@ -515,3 +515,58 @@ def test_image_urls_are_per_run_and_round_and_not_cacheable(data, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+# ---------------------------------------------------------------------------- a whole run
+@pytest.mark.usefixtures("store")
+def test_a_run_labelled_over_http_stores_no_token(tmp_path):
+    """A person labels a whole (tiny) run through the API; the token is in no file the run wrote
+    (MLflow store with its params, artifacts, run folder) and every answer reached the pool."""
+    from mlflow import MlflowClient
+
+    from alframe.loop.experiment import Experiment
+    from alframe.rundir.state import PoolState
+
+    from .conftest import compose
+    from .helpers import joined_result, run_in_thread
+
+    y = digits().targets
+    cfg = compose(["oracle=web", "oracle.port=0", "trainer.max_epochs=1", "loop.initial_size=4",
+                   "loop.query_size=3", "loop.rounds=1", "strategy=margin"], tmp_path)
+    exp = Experiment(cfg, tmp_path / "job")
+    thread, out, url = run_in_thread(exp)
+    token = exp.oracle.token
+    assert url == f"{exp.oracle.base_url}?token={token}"
+    port = int(url.split(":")[2].split("/")[0])
+    cookie = f"alframe-{port}={token}"
+    conn_headers = {"Host": f"127.0.0.1:{port}", "Cookie": cookie, **JSON, "Origin": f"http://127.0.0.1:{port}"}
+
+    def call(method: str, path: str, body: dict | None = None) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request(method, path, None if body is None else json.dumps(body), conn_headers)
+            r = conn.getresponse()
+            data = json.loads(r.read())
+            assert r.status == 200, data
+            return data
+        finally:
+            conn.close()
+
+    given: dict[int, int] = {}
+    while thread.is_alive() and len(given) < 7:
+        s = call("GET", "/api/state")
+        if s["status"] != "labelling":
+            thread.join(0.1)
+            continue
+        i = s["current"]
+        call("POST", "/api/label", {"index": i, "label": int(y[i]), "version": s["version"]})
+        given[i] = int(y[i])
+    res = joined_result(thread, out, 120)
+    assert res.status == "finished" and len(given) == 7
+    state = PoolState.load(res.run_dir)
+    assert {int(i): int(state.labels[i]) for i in state.labelled_idx} == given
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in files) and len(files) > 10
+    assert [p for p in files if token.encode() in p.read_bytes()] == []
+    run = MlflowClient(res.tracking_uri).get_run(res.run_id)
+    assert run.data.params and all(token not in str(v) for v in {**run.data.params, **run.data.tags}.values())
