@@ -41,7 +41,8 @@ class Lab:
     """A :class:`WebOracle` serving round ``round`` (batch :data:`IDX`) on 127.0.0.1, the
     legitimate annotator's browser (:meth:`give`) and raw HTTP for the attacks (:meth:`send`).
 
-    ``given`` holds what the annotator answered (index -> label or ``"skip"``).
+    ``given`` holds what the annotator answered (index -> label or ``"skip"``), and
+    ``expected_version`` the state's version after their last answer.
     """
 
     def __init__(self, data, run_dir, round: int = 1, idx=IDX):
@@ -70,6 +71,7 @@ class Lab:
             if self.state()["status"] == "labelling":
                 break
             self.thread.join(0.02)
+        self.expected_version = self.state()["version"]
 
     # ------------------------------------------------------------------ raw HTTP
     def send(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
@@ -118,6 +120,7 @@ class Lab:
         r = self.send("POST", path, json.dumps({**body, "version": self.state()["version"]}), headers)
         assert r.status == 200, r.body
         self.given[index] = label if label == "skip" else int(label)
+        self.expected_version = r.json()["version"]
 
     def check(self, what: str = "") -> None:
         """The stored answers are exactly the annotator's: file, oracle result, version, batch open."""
@@ -130,7 +133,7 @@ class Lab:
         labelled = {i: y for i, y in self.given.items() if y != "skip"}
         assert dict(zip(res.idx.tolist(), res.labels.tolist(), strict=True)) == labelled, what
         assert res.info["skipped"] == sum(y == "skip" for y in self.given.values()), what
-        assert version == self.version, what  # a refusal changes nothing, not even the version
+        assert version == self.expected_version == self.version, what  # not even the version changed
         assert self.thread.is_alive(), what  # the batch was not completed behind the annotator's back
 
     @property
@@ -444,7 +447,7 @@ def test_two_tabs_second_write_gets_409_with_the_current_state(data, tmp_path):
         # Tab B reloads the state it was sent, then its write is accepted.
         r = lab.send("POST", "/api/label", json.dumps({"index": 10, "label": 7, "version": state["version"]}), headers)
         assert r.status == 200 and r.json()["version"] == state["version"] + 1
-        lab.given[10] = 7
+        lab.given[10], lab.expected_version = 7, r.json()["version"]
         lab.check("tab B after reloading")
         # Undo by tab A, based on the version before tab B's answer: refused, tab B's answer stays.
         r = lab.send("POST", "/api/undo", json.dumps({"version": state["version"]}), headers)
@@ -518,6 +521,7 @@ def test_image_urls_are_per_run_and_round_and_not_cacheable(data, tmp_path):
 
 
 # ---------------------------------------------------------------------------- a whole run
+@pytest.mark.slow  # two trainings and an MLflow run: 4-9 s on a loaded 2-core machine (the rest: ~1 s each)
 @pytest.mark.usefixtures("store")
 def test_a_run_labelled_over_http_stores_no_token(tmp_path):
     """A person labels a whole (tiny) run through the API; the token is in no file the run wrote
