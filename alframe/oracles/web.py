@@ -1,20 +1,13 @@
 """A person labels the query batch on a local web page (Flask, bound to localhost only).
 
-Only the person who started the run can drive the page (what Jupyter and other localhost tools
-do):
-
-- a random token in the printed URL (``http://127.0.0.1:PORT/?token=...``); the first request
-  with it sets an HttpOnly, SameSite=Strict cookie and redirects to the URL without the token;
-  every other request without that cookie (or an ``X-Alframe-Token`` header) gets 403;
-- a Host allowlist (``127.0.0.1:PORT``, ``localhost:PORT``, ``[::1]:PORT``, the configured host):
-  403 otherwise, so a DNS-rebinding page cannot read or write;
-- a state-changing request (any method but GET/HEAD/OPTIONS) needs an allowed Origin or none,
-  a custom header (``X-Requested-With`` or ``X-Alframe-Token``; 403 without) and
-  ``Content-Type: application/json`` (415 otherwise): a cross-site form or fetch cannot send them;
-- every response forbids framing, MIME sniffing and caching; image URLs carry a per-run id and
-  the round;
-- a body over 64 KB gets 413, a malformed value 400 (one-line JSON ``{"error": ...}``), a write
-  based on an older version of the batch 409 with the current state (another tab wrote first).
+Only the person who started the run can drive the page (as with Jupyter): the printed URL's random
+token is traded by the first request for an HttpOnly, SameSite=Strict cookie (a redirect drops it
+from the URL); a request without that cookie (or an ``X-Alframe-Token`` header), or with a Host
+other than ``127.0.0.1``/``localhost``/``[::1]`` and the port (DNS rebinding), gets 403. A change
+(not GET/HEAD/OPTIONS) also needs an allowed Origin or none, ``X-Requested-With`` or the token
+header (403) and a JSON body (415), which a cross-site form cannot send. Responses forbid framing,
+sniffing and caching; image URLs name the run and round. Bodies over 64 KB get 413, malformed values
+a one-line JSON 400, a write based on an older ``version`` (another tab wrote first) 409 with the state.
 """
 
 from __future__ import annotations
@@ -42,29 +35,20 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY = 64 * 1024  # bytes; larger request bodies get 413
 TOKEN_HEADER = "X-Alframe-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: sent with every response: no framing (clickjacking), no sniffing, no caching, same-origin only
+#: on every response: no framing (clickjacking), no sniffing, no caching, same-origin only
 SECURITY_HEADERS = {
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'self'; object-src 'none'; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer", "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin"}
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
-_FIELD_HELP = {"index": "an integer sample index of the current batch",
-               "label": "a class name or number",
+_FIELD_HELP = {"index": "an integer sample index of the current batch", "label": "a class name or number",
                "version": "the 'version' of the state the page shows"}
 
 
 class BadRequest(Exception):
-    """A request the labelling API refuses; ``status`` is the HTTP code (4xx).
-
-    ``state`` (409 only) is the current :meth:`LabelSession.snapshot`, sent along so a stale
-    page can show it.
-    """
+    """A refused request: ``status`` (4xx), ``message``, and for 409 the current ``state``."""
 
     def __init__(self, status: int, message: str, state: dict | None = None):
         super().__init__(message)
@@ -79,26 +63,14 @@ def _short(value, n: int = 60) -> str:
 
 def same_token(given: str | None, token: str) -> bool:
     """Whether ``given`` is ``token``, compared in constant time; None or empty -> False."""
-    if not given:
-        return False
-    return hmac.compare_digest(given.encode("utf-8", "backslashreplace"), token.encode("utf-8"))
+    return bool(given) and hmac.compare_digest(given.encode("utf-8", "backslashreplace"), token.encode("utf-8"))
 
 
 def allowed_hosts(host: str, port: int) -> frozenset[str]:
-    """The Host header values (lower case) the page answers.
-
-    Args:
-        host: the configured host (one of :data:`LOCAL_HOSTS`).
-        port: the bound port.
-
-    Returns:
-        ``{127.0.0.1:PORT, localhost:PORT, [::1]:PORT, host:PORT}``, plus the names without a
-        port when ``port`` is 80 (browsers leave the default port out).
-    """
+    """Host header values (lower case) the page answers: ``127.0.0.1``, ``localhost``, ``[::1]``
+    and ``host``, each with ``:port`` (and without it when ``port`` is 80, as browsers send)."""
     names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
-    hosts = {f"{n}:{int(port)}" for n in names}
-    if int(port) == 80:
-        hosts |= names
+    hosts = {f"{n}:{int(port)}" for n in names} | (names if int(port) == 80 else set())
     return frozenset(h.lower() for h in hosts)
 
 
@@ -106,22 +78,16 @@ class LabelSession:
     """The batch on the page and its answers; shared by the HTTP threads and the loop thread.
 
     Every change goes through :class:`~alframe.oracles.answers.AnswerStore`, which writes
-    ``<run_dir>/answers/round_<r>.json`` atomically before the HTTP reply is sent. Every change
-    of what the page shows (a new batch, an answer, an undo, the batch closed) increments
-    :attr:`version`; a write names the version it was based on and is refused (409) when it is
-    not the current one.
-
-    Args:
-        data: the experiment's data (``train`` and ``class_names`` are used).
-        run_dir: the run folder.
-        run_id: a per-run id put into image URLs (a random one when empty).
+    ``<run_dir>/answers/round_<r>.json`` atomically before the HTTP reply is sent. Each change of
+    what the page shows (batch opened or closed, answer, undo, end) increments :attr:`version`;
+    a write names the version it was based on and gets 409 unless it is the current one.
+    ``run_id`` (random by default) goes into image URLs.
     """
 
     def __init__(self, data, run_dir: Path, run_id: str = ""):
         self.data, self.run_dir = data, Path(run_dir)
         self.run_id = run_id or secrets.token_urlsafe(9)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
+        self.lock, self.done = threading.Lock(), threading.Event()
         self.request: LabelRequest | None = None
         self.store: AnswerStore | None = None
         self.shown_at: float = time.monotonic()
@@ -142,147 +108,110 @@ class LabelSession:
     def close_batch(self) -> None:
         """Take the batch off the page (the loop is training)."""
         with self.lock:
-            self.request = self.store = None
-            self.version += 1
+            self.request, self.store, self.version = None, None, self.version + 1
 
     def finish(self) -> None:
         """The experiment ended: the page says so."""
         with self.lock:
-            self.finished = True
-            self.version += 1
+            self.finished, self.version = True, self.version + 1
 
     # ------------------------------------------------------------------ page side
     def snapshot(self) -> dict:
-        """What the page shows: status, version, round, classes, items (suggestion, answer,
-        image URL), the current item and progress."""
+        """What the page shows: status, version, round, classes, items (index, image URL,
+        suggestion, confidence, answer), the current index, progress, whether undo is possible."""
         with self.lock:
             return self._snapshot()
 
     def _snapshot(self) -> dict:  # the caller holds the lock
         names = self.data.class_names
         if self.request is None:
-            return {"status": "finished" if self.finished else "waiting", "version": self.version,
-                    "classes": names}
+            return {"status": "finished" if self.finished else "waiting", "version": self.version, "classes": names}
         req, store = self.request, self.store
         items = []
         for k, i in enumerate(int(j) for j in req.idx):
             ans = store.answers.get(i)
-            items.append({
-                "index": i,
-                "image": f"/api/image/{self.run_id}/{req.round}/{i}",
-                "suggested": None if req.predicted is None else int(req.predicted[k]),
-                "confidence": None if req.confidence is None else round(float(req.confidence[k]), 4),
-                "answer": None if ans is None else ans["label"],
-            })
+            items.append({"index": i, "image": f"/api/image/{self.run_id}/{req.round}/{i}",
+                          "suggested": None if req.predicted is None else int(req.predicted[k]),
+                          "confidence": None if req.confidence is None else round(float(req.confidence[k]), 4),
+                          "answer": None if ans is None else ans["label"]})
         nxt = store.next_unanswered()
         return {"status": "complete" if nxt is None else "labelling", "version": self.version,
                 "round": req.round, "classes": names, "items": items, "current": nxt,
                 "progress": {"done": store.n_answered, "total": len(store.idx)},
                 "can_undo": bool(store.order)}
 
-    @staticmethod
-    def _int_field(name: str, raw) -> int:
-        """``raw`` as a non-negative int; JSON floats (``4.0``, ``1e400``), booleans, strings -> 400."""
+    def _int_field(self, name: str, raw) -> int:
+        """``raw`` if a non-negative JSON integer (not a float such as 4.0 or 1e400, bool or string)."""
         if type(raw) is not int or raw < 0:
             raise BadRequest(400, f"'{name}' must be a non-negative JSON integer ({_FIELD_HELP[name]}), "
                                   f"got {_short(raw)}")
+        if name == "index" and raw >= len(self.data.train):
+            raise BadRequest(400, f"unknown sample index {raw}: the data set has indices 0..{len(self.data.train) - 1}")
         return raw
 
-    def _index(self, raw) -> int:
-        i = self._int_field("index", raw)
-        n = len(self.data.train)
-        if i >= n:
-            raise BadRequest(400, f"unknown sample index {i}: the data set has indices 0..{n - 1}")
-        return i
-
-    def _check_current(self, version: int) -> None:
-        """409 (with the current state) when there is no batch or ``version`` is not current."""
+    def _check_current(self, version: int, i: int | None = None) -> None:
+        """409 (with the state) without a batch or for a stale ``version``; 400 for ``i`` outside it."""
         if self.request is None:
             raise BadRequest(409, "no batch is waiting for labels right now (the model is training)",
                              self._snapshot())
         if version != self.version:
-            raise BadRequest(409, f"the page was out of date (version {version}, now {self.version}: "
-                                  "another tab or the run changed the batch); it shows the current state",
-                             self._snapshot())
-
-    def _in_batch(self, i: int) -> None:
-        if i not in self.store.idx:
+            raise BadRequest(409, f"the page was out of date (version {version}, now {self.version}: another tab "
+                                  "or the run changed the batch); it shows the current state", self._snapshot())
+        if i is not None and i not in self.store.idx:
             shown = ", ".join(map(str, self.store.idx[:10])) + (", ..." if len(self.store.idx) > 10 else "")
             raise BadRequest(400, f"sample {i} is not in the current batch (round {self.request.round}, "
                                   f"indices {shown})")
 
     def answer(self, raw_index, raw_label, raw_version) -> dict:
-        """Record a class (name or number) or :data:`SKIP` for a sample of the current batch.
+        """Record a class (name or number) or :data:`SKIP` for a sample of the current batch, from
+        the JSON values of ``index`` (int), ``label`` (str, int or "skip") and ``version`` (int).
 
-        Args:
-            raw_index: the JSON value of ``index`` (must be an int).
-            raw_label: a class name (str), class number (int) or :data:`SKIP`.
-            raw_version: the JSON value of ``version`` the page was showing (must be an int).
-
-        Returns:
-            the state after the answer (:meth:`snapshot`).
-
-        Raises:
-            BadRequest: 400 for a malformed index, label or version, an index outside the batch,
-                an unknown class; 409 (with the state) when no batch waits or the version is stale.
+        Returns the state after the answer (:meth:`snapshot`). Raises :class:`BadRequest`: 400 for a
+        malformed value, an index outside the batch, an unknown class; 409 (with the state) when no
+        batch waits or the version is stale.
         """
-        i = self._index(raw_index)
-        version = self._int_field("version", raw_version)
+        i, version = self._int_field("index", raw_index), self._int_field("version", raw_version)
         if raw_label == SKIP:
             y = SKIP
+        elif isinstance(raw_label, bool) or not isinstance(raw_label, (int, str)):
+            raise BadRequest(400, f"'label' must be a class name or number, got {_short(raw_label)}")
+        elif isinstance(raw_label, str) and len(raw_label) > 1000 and raw_label not in self.data.class_names:
+            raise BadRequest(400, f"unknown class {_short(raw_label)} ({len(raw_label)} characters)")
         else:
-            if isinstance(raw_label, bool) or not isinstance(raw_label, (int, str)):
-                raise BadRequest(400, f"'label' must be a class name or number, got {_short(raw_label)}")
-            if isinstance(raw_label, str) and len(raw_label) > 1000 and raw_label not in self.data.class_names:
-                raise BadRequest(400, f"unknown class {_short(raw_label)} ({len(raw_label)} characters)")
             try:
                 y = parse_label(raw_label, self.data.class_names)
             except ValueError as e:
                 raise BadRequest(400, _short(str(e), 300)) from None
         with self.lock:
-            self._check_current(version)
-            self._in_batch(i)
+            self._check_current(version, i)
             now = time.monotonic()
             self.store.set(i, y, now - self.shown_at)
-            self.shown_at = now
-            self.version += 1
+            self.shown_at, self.version = now, self.version + 1
             if self.store.complete:
                 self.done.set()
             return self._snapshot()
 
     def undo(self, raw_version) -> tuple[int | None, dict]:
-        """Remove the most recent answer of the current batch.
-
-        Returns:
-            ``(index undone or None, state after it)``.
-
-        Raises:
-            BadRequest: 400 for a malformed version; 409 (with the state) when no batch waits or
-                the version is stale.
-        """
+        """Remove the most recent answer of the current batch; returns ``(its index or None, state)``.
+        Raises :class:`BadRequest`: 400 for a malformed version; 409 without a batch or when stale."""
         version = self._int_field("version", raw_version)
         with self.lock:
             self._check_current(version)
             i = self.store.undo()
             if i is not None:
-                self.version += 1
-                self.shown_at = time.monotonic()
+                self.shown_at, self.version = time.monotonic(), self.version + 1
                 self.done.clear()
             return i, self._snapshot()
 
     def image(self, run_id: str, round: str, index: str) -> bytes:
-        """PNG of a sample of the current batch, from the URL parts of ``item["image"]``.
-
-        Raises:
-            BadRequest: 400 when ``index`` is not a decimal number; 404 when the URL is not one
-                of the current batch's (another run, another round, an index outside the batch).
-        """
+        """PNG of a sample of the current batch, from the parts of an item's ``image`` URL. Raises
+        :class:`BadRequest`: 400 for a non-decimal ``index``; 404 for another run's, round's or batch's."""
         if not re.fullmatch(r"[0-9]{1,18}", index):
             raise BadRequest(400, f"image index must be a decimal sample index, got {_short(index)}")
         i = int(index)
         with self.lock:
-            if (run_id != self.run_id or self.request is None or round != str(self.request.round)
-                    or i not in self.store.idx):
+            if run_id != self.run_id or self.request is None or round != str(self.request.round) \
+                    or i not in self.store.idx:
                 raise BadRequest(404, "no such image in the current batch (the URL belongs to another run, "
                                       "round or batch): reload the page")
         return png_bytes(self.data.train, i)
@@ -292,16 +221,10 @@ def create_app(session: LabelSession, token: str, port: int, host: str = "127.0.
     """The Flask app of the labelling page and its JSON API, guarded as the module says.
 
     Routes: ``GET /`` (page), ``GET /api/state``, ``GET /api/image/<run>/<round>/<index>`` (PNG;
-    the URLs are in the state's items), ``POST /api/label`` ``{"index": i, "label": name-or-number,
-    "version": v}``, ``POST /api/skip`` ``{"index": i, "version": v}``, ``POST /api/undo``
-    ``{"version": v}``. Refused requests get a 4xx JSON ``{"error": msg}`` (409 adds ``"state"``)
-    and change nothing.
-
-    Args:
-        session: the batch and its answers.
-        token: the secret of the printed URL (``secrets.token_urlsafe``).
-        port: the port the server is bound to (the allowed Host values and the cookie name).
-        host: the configured host.
+    URLs in the state's items), ``POST /api/label`` ``{"index", "label", "version"}``, ``POST
+    /api/skip`` ``{"index", "version"}``, ``POST /api/undo`` ``{"version"}``. Refused requests get a
+    4xx JSON ``{"error": msg}`` (409 adds ``"state"``) and change nothing. ``token`` is the printed
+    URL's secret, ``port`` the bound port (allowed Hosts, cookie name), ``host`` the configured one.
     """
     app = Flask("alframe.labelling", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -323,10 +246,9 @@ def create_app(session: LabelSession, token: str, port: int, host: str = "127.0.
             resp.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
             return resp
         header = request.headers.get(TOKEN_HEADER)
-        if header is not None:
-            if not same_token(header, token):
-                raise BadRequest(403, f"wrong {TOKEN_HEADER} header")
-        elif not same_token(request.cookies.get(cookie), token):
+        if header is not None and not same_token(header, token):
+            raise BadRequest(403, f"wrong {TOKEN_HEADER} header")
+        if header is None and not same_token(request.cookies.get(cookie), token):
             raise BadRequest(403, "not authorised: open the URL with ?token=... that this run printed (if you "
                                   "followed it from another web page, paste it into the address bar)")
         if request.method in SAFE_METHODS:
@@ -347,26 +269,19 @@ def create_app(session: LabelSession, token: str, port: int, host: str = "127.0.
 
     @app.errorhandler(BadRequest)
     def _bad(e: BadRequest):
-        body = {"error": e.message}
-        if e.state is not None:
-            body["state"] = e.state
-        return jsonify(body), e.status
+        return jsonify({"error": e.message, **({} if e.state is None else {"state": e.state})}), e.status
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
-        if e.code == 413:
-            message = f"the request body is larger than {MAX_BODY // 1024} KB"
-        else:
-            message = f"{e.name}: {e.description}"
-        resp = jsonify(error=" ".join(message.split()))
+        message = f"the request body is larger than {MAX_BODY // 1024} KB" if e.code == 413 else \
+            " ".join(f"{e.name}: {e.description}".split())
+        resp = jsonify(error=message)
         resp.status_code = e.code or 500
-        for k, v in e.get_headers():
-            if k.lower() != "content-type":  # keeps Allow (405)
-                resp.headers[k] = v
+        resp.headers.extend((k, v) for k, v in e.get_headers() if k.lower() != "content-type")  # Allow (405)
         return resp
 
     @app.errorhandler(Exception)
-    def _crash(e: Exception):  # a bug, not the request's fault: logged here, one line to the page
+    def _crash(e: Exception):  # a bug, not the request's fault: logged, one line to the page
         app.logger.error("labelling request failed: %s %s", request.method, request.path, exc_info=e)
         return jsonify(error=f"internal error ({type(e).__name__}); see the run's log"), 500
 
@@ -379,20 +294,15 @@ def create_app(session: LabelSession, token: str, port: int, host: str = "127.0.
         except RecursionError:  # [[[[...]]]]
             body = None
         if not isinstance(body, dict):
-            raise BadRequest(400, "the request body must be a JSON object such as "
-                                  "{\"index\": 12, \"label\": \"3\", \"version\": 5}")
-        unknown = sorted(set(body) - set(fields))
-        if unknown:
-            raise BadRequest(400, f"unexpected field {_short(unknown[0])}; expected {', '.join(fields)}")
-        for f in fields:
-            if f not in body:
-                raise BadRequest(400, f"missing '{f}' ({_FIELD_HELP[f]})")
+            raise BadRequest(400, 'the request body must be a JSON object such as {"index": 12, "label": "3", '
+                                  '"version": 5}')
+        unknown, missing = sorted(set(body) - set(fields)), [f for f in fields if f not in body]
+        if unknown or missing:
+            raise BadRequest(400, f"unexpected field {_short(unknown[0])}; expected {', '.join(fields)}" if unknown
+                             else f"missing '{missing[0]}' ({_FIELD_HELP[missing[0]]})")
         return body
 
-    @app.get("/")
-    def _page():
-        return send_from_directory(STATIC, "index.html", max_age=0)
-
+    @app.get("/", defaults={"name": "index.html"})
     @app.get("/static/<path:name>")
     def _static(name: str):
         return send_from_directory(STATIC, name, max_age=0)
@@ -429,19 +339,8 @@ class _RedactingHandler(WSGIRequestHandler):
     secret = ""
 
     def log(self, type: str, message: str, *args) -> None:
-        try:
-            text = message % args if args else message
-        except (TypeError, ValueError):
-            text = " ".join([message, *map(str, args)])
-        text = _TOKEN_IN_TEXT.sub(r"\1<hidden>", text)
-        if self.secret:
-            text = text.replace(self.secret, "<hidden>")
-        super().log(type, "%s", text)
-
-
-def _not_ready(environ, start_response):  # the server's app until create_app knows the port
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-    return [b"starting"]
+        text = _TOKEN_IN_TEXT.sub(r"\1<hidden>", message % args if args else message)
+        super().log(type, "%s", text.replace(self.secret, "<hidden>") if self.secret else text)
 
 
 class WebOracle(Oracle):
@@ -455,10 +354,8 @@ class WebOracle(Oracle):
     batch with the saved answers. While the next model trains the page waits and then shows
     the new batch by itself.
 
-    Only the person with the printed URL can use the page: it carries a random token
-    (:attr:`url`, ``http://127.0.0.1:PORT/?token=...``; printed once and opened by
-    ``open_browser``, logged nowhere else) that the first visit trades for a cookie; see the
-    module docstring for the other checks.
+    Only the person with the printed URL (:attr:`url`, ``http://127.0.0.1:PORT/?token=...``;
+    printed once, opened by ``open_browser``, logged nowhere else) can use the page (see the module).
 
     Args:
         host: interface to bind; only ``127.0.0.1``, ``localhost`` or ``::1``.
@@ -488,11 +385,8 @@ class WebOracle(Oracle):
         self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.server = None
         self.thread: threading.Thread | None = None
-        self.token: str | None = None
-        #: the page's URL with the token (printed once, opened by ``open_browser``)
-        self.url: str | None = None
-        #: the page's URL without the token (safe to print)
-        self.base_url: str | None = None
+        self.token: str | None = None  # the secret of the printed URL
+        self.url = self.base_url = None  # the page's URL with the token (printed once) and without it
 
     def setup(self, data, run_dir) -> None:
         super().setup(data, run_dir)
@@ -500,13 +394,14 @@ class WebOracle(Oracle):
         self.token = secrets.token_urlsafe(32)
         handler = type("RequestHandler", (_RedactingHandler,), {"secret": self.token})
         try:
-            self.server = make_server(self.host, self.port, _not_ready, threaded=True, request_handler=handler)
+            # no app yet: the allowed Host values need the bound port (oracle.port=0); set before serving
+            self.server = make_server(self.host, self.port, None, threaded=True, request_handler=handler)
         except (OSError, SystemExit) as e:  # werkzeug exits on a taken port
             raise OSError(f"cannot serve the labelling page on {self.host}:{self.port} (the port is in use "
                           "or not allowed); choose another port with oracle.port=<n> (0 = any free port)") from e
         port = self.server.server_port
         self.app = create_app(self.session, self.token, port, self.host)
-        self.server.app = self.app  # the allowed Host values need the bound port (oracle.port=0)
+        self.server.app = self.app
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.base_url = f"http://{host}:{port}/"
         self.url = f"{self.base_url}?token={self.token}"
