@@ -32,6 +32,8 @@ from alframe.strategies.diversity import sq_norms
 
 #: rows (and columns) per distance block (block memory = rows^2 * 4 bytes)
 CHUNK_ROWS = 2048
+#: the purity rule's delta^2 is lowered by this times the largest squared norm (float32 rounding)
+ROUNDING = 1e-5
 
 
 def _row_blocks(x: torch.Tensor, chunk_rows: int):
@@ -59,22 +61,25 @@ def nearest_other_cluster_sq(x: torch.Tensor, labels: torch.Tensor, chunk_rows: 
     return out
 
 
-def purity_radius(r_sq: np.ndarray, alpha: float) -> tuple[float, float]:
+def purity_radius(r_sq: np.ndarray, alpha: float, margin: float = 0.0) -> tuple[float, float]:
     """The purity rule: the largest ``delta`` with ``purity(delta) = mean_i [r_i >= delta] >=
     alpha``, and that purity.
 
     Args:
         r_sq: ``[N]`` squared distance of each point to the nearest point of another cluster.
         alpha: purity threshold in ``(0, 1]``.
+        margin: rounding margin in squared distance: ``delta^2`` is lowered by it, so a point of
+            another cluster at exactly the boundary stays outside the ball however its distance
+            is rounded (purity can only grow as delta shrinks).
 
     Returns:
-        ``(delta, purity)``: ``delta`` is the ``(N - ceil(alpha N) + 1)``-th smallest ``r_i``
-        (``inf`` when no point has a neighbour in another cluster).
+        ``(delta, purity)``: ``delta^2`` is the ``(N - ceil(alpha N) + 1)``-th smallest ``r_i^2``
+        minus ``margin`` (``inf`` when no point has a neighbour in another cluster).
     """
     r_sq = np.asarray(r_sq, dtype=np.float64)
     n = len(r_sq)
     need = min(n, max(1, math.ceil(alpha * n - 1e-9)))  # balls that must be pure
-    d2 = float(np.sort(r_sq)[n - need])
+    d2 = max(float(np.sort(r_sq)[n - need]) - margin, 0.0)
     return math.sqrt(d2), float(np.mean(r_sq >= d2))
 
 
@@ -267,7 +272,9 @@ class ProbCover(QueryStrategy):
             return math.inf, 1.0
         labels = kmeans(feats.numpy(), n_clusters, self.max_iter, rng).labels
         r_sq = nearest_other_cluster_sq(feats, torch.from_numpy(labels), self.chunk_rows)
-        return purity_radius(r_sq.numpy(), self.alpha)
+        # float32 |x|^2 + |y|^2 - 2 x.y is exact to about 1e-6 |x|^2: keep boundary points outside
+        margin = ROUNDING * float(sq_norms(feats).max())
+        return purity_radius(r_sq.numpy(), self.alpha, margin)
 
     def __repr__(self) -> str:
         return (f"ProbCover(name={self.name!r}, delta={self.delta}, alpha={self.alpha}, "
