@@ -5,7 +5,7 @@ Every point ``x`` holds a ball ``B(x) = {x' : |x - x'| < delta}`` (open, as the 
 ``dist < delta``; a point always covers itself). The labelled set covers its balls; each pick is
 the candidate whose ball covers the most points not covered yet (greedy max coverage, the
 ``1 - 1/e`` approximation). The balls form a sparse directed graph, held as CSR arrays (one
-``int32`` per edge, no N x N matrix), built from ``chunk_rows x chunk_rows`` distance blocks.
+``int32`` per edge, no N x N matrix), built from distance blocks of ``chunk_rows^2`` numbers.
 
 ``delta`` comes from the paper's purity rule: cluster the embeddings with k-means (k = number
 of classes), call a ball pure when all its points share its centre's cluster, and take the
@@ -30,34 +30,39 @@ from alframe.strategies.base import QueryStrategy, check_k, sorted_view
 from alframe.strategies.clustering import kmeans
 from alframe.strategies.diversity import sq_norms
 
-#: rows (and columns) per distance block (block memory = rows^2 * 4 bytes)
+#: distance blocks hold at most CHUNK_ROWS^2 float32 numbers (16 MiB)
 CHUNK_ROWS = 2048
 #: the purity rule's delta^2 is lowered by this times the largest squared norm (float32 rounding)
 ROUNDING = 1e-5
 
 
-def _row_blocks(x: torch.Tensor, chunk_rows: int):
-    """Yield ``(a, [(b, d), ...])`` per block of rows ``a:a+chunk_rows``: the squared Euclidean
-    distances ``d [rows, cols]`` to the columns ``b:b+chunk_rows`` of ``x`` (float32, clamped at
-    0), the whole grid in a fixed order (the same distances for every caller). Memory: one row
-    of blocks at a time."""
-    xn = sq_norms(x)
-    n = x.shape[0]
-    for a in range(0, n, chunk_rows):
-        xa, xna = x[a:a + chunk_rows], xn[a:a + chunk_rows]
-        yield a, ((b, torch.addmm(xna[:, None] + xn[None, b:b + chunk_rows], xa, x[b:b + chunk_rows].T,
-                                  alpha=-2.0).clamp_min_(0.0)) for b in range(0, n, chunk_rows))
+def _sq_dist(xa: torch.Tensor, xna: torch.Tensor, xb: torch.Tensor, xnb: torch.Tensor) -> torch.Tensor:
+    """``[A, B]`` squared Euclidean distances (float32, clamped at 0) from norms and one product."""
+    return torch.addmm(xna[:, None] + xnb[None, :], xa, xb.T, alpha=-2.0).clamp_min_(0.0)
 
 
 def nearest_other_cluster_sq(x: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
     """``[N] float32`` squared distance from each row of ``x`` to the nearest row in another
-    cluster (``+inf`` when every row shares its cluster). Memory: one block."""
-    out = torch.full((x.shape[0],), torch.inf, dtype=x.dtype)
-    for a, row in _row_blocks(x, chunk_rows):
-        for b, d in row:
-            la, lb = labels[a:a + d.shape[0]], labels[b:b + d.shape[1]]
-            d.masked_fill_(la[:, None] == lb[None, :], torch.inf)
-            torch.minimum(out[a:a + d.shape[0]], d.min(dim=1).values, out=out[a:a + d.shape[0]])
+    cluster (``+inf`` when every row shares its cluster). With the rows sorted by cluster, the
+    other clusters of a cluster are two contiguous ranges, measured in ``chunk_rows x
+    chunk_rows`` blocks (memory: one block)."""
+    order = torch.argsort(labels, stable=True)
+    xs = x.index_select(0, order)
+    xn = sq_norms(xs)
+    n = xs.shape[0]
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    best = torch.full((n,), torch.inf, dtype=x.dtype)
+    for s, e in zip([0, *ends[:-1]], ends, strict=True):
+        for a in range(s, e, chunk_rows):
+            rows = slice(a, min(a + chunk_rows, e))
+            for lo, hi in ((0, s), (e, n)):
+                for b in range(lo, hi, chunk_rows):
+                    cols = slice(b, min(b + chunk_rows, hi))
+                    d = _sq_dist(xs[rows], xn[rows], xs[cols], xn[cols])
+                    torch.minimum(best[rows], d.min(dim=1).values, out=best[rows])
+    out = torch.empty_like(best)
+    out[order] = best
     return out
 
 
@@ -90,37 +95,36 @@ def ball_graph(x: torch.Tensor, delta: float, chunk_rows: int = CHUNK_ROWS,
     Args:
         x: ``[N, D]`` float32 points.
         delta: ball radius (>= 0, finite).
+        chunk_rows: distances are computed in strips of rows against all N columns, at most
+            ``chunk_rows^2`` numbers each.
         max_edges: most edges to hold.
 
     Returns:
         CSR ``(indptr [N + 1] int64, indices [E] int32)``: the out-neighbours of row ``i`` are
-        ``indices[indptr[i]:indptr[i + 1]]`` (itself included). Memory O(N + E).
+        ``indices[indptr[i]:indptr[i + 1]]`` (ascending, itself included). Memory O(N + E).
 
     Raises:
         ValueError: the graph would hold more than ``max_edges`` edges.
     """
     n = x.shape[0]
+    xn = sq_norms(x)
+    strip = max(1, chunk_rows * chunk_rows // max(n, 1))
     d2 = delta * delta
     indptr = np.zeros(n + 1, dtype=np.int64)
-    parts: list[np.ndarray] = []  # the columns of each block of rows, 4 bytes per edge
+    parts: list[np.ndarray] = []  # the columns of each strip, 4 bytes per edge
     total = 0
-    for a, row in _row_blocks(x, chunk_rows):
-        rows, cols = [], []
-        for b, d in row:
-            mask = d < d2
-            if a == b:  # a point always covers itself
-                mask.fill_diagonal_(True)
-            r, c = torch.nonzero(mask, as_tuple=True)
-            total += len(r)
-            if total > max_edges:
-                raise ValueError(f"probcover: the delta={delta:.6g} ball graph of {n} points holds more than "
-                                 f"max_edges={max_edges} edges; lower strategy.alpha or strategy.delta, or "
-                                 f"raise strategy.max_edges (4 bytes per edge)")
-            rows.append(r.numpy().astype(np.int32))
-            cols.append((c + b).numpy().astype(np.int32))
-        r, c = np.concatenate(rows), np.concatenate(cols)
-        parts.append(c[np.argsort(r, kind="stable")])
-        indptr[a + 1:a + 1 + min(chunk_rows, n - a)] = np.bincount(r, minlength=min(chunk_rows, n - a))
+    for a in range(0, n, strip):
+        rows = torch.arange(a, min(a + strip, n))
+        mask = _sq_dist(x[rows], xn[rows], x, xn) < d2
+        mask[torch.arange(len(rows)), rows] = True  # a point always covers itself
+        flat = np.flatnonzero(mask.numpy())  # row-major: rows ascending, columns ascending within
+        total += len(flat)
+        if total > max_edges:
+            raise ValueError(f"probcover: the delta={delta:.6g} ball graph of {n} points holds more than "
+                             f"max_edges={max_edges} edges; lower strategy.alpha or strategy.delta, or "
+                             f"raise strategy.max_edges (4 bytes per edge)")
+        parts.append((flat % n).astype(np.int32))
+        indptr[a + 1:a + 1 + len(rows)] = np.bincount(flat // n, minlength=len(rows))
     np.cumsum(indptr, out=indptr)
     return indptr, (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32))
 
@@ -146,7 +150,7 @@ def greedy_cover(indptr: np.ndarray, indices: np.ndarray, m: int, k: int) -> tup
     covered = np.zeros(n, dtype=bool)
     covered[indices[indptr[m]:]] = True  # the labelled set's balls
     covered[m:] = True  # the labelled points themselves
-    gain = np.add.reduceat((~covered[indices[:indptr[m]]]).astype(np.int64), indptr[:m]) if m else np.zeros(0)
+    gain = np.add.reduceat(~covered[indices[:indptr[m]]], indptr[:m], dtype=np.int64) if m else np.zeros(0)
     heap = [(-int(g), r) for r, g in enumerate(gain)]
     heapq.heapify(heap)
     fresh = np.zeros(m, dtype=np.int64)  # pick count at which each row's gain was computed
