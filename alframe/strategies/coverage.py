@@ -203,7 +203,7 @@ class ProbCover(QueryStrategy):
         normalize: L2-normalise the embeddings first (the authors' features are normalised).
         max_iter: at most this many Lloyd iterations of the k-means.
         max_edges: most edges of the ball graph (4 bytes each).
-        chunk_rows: rows per distance block.
+        chunk_rows: distance blocks hold at most ``chunk_rows^2`` numbers.
 
     Raises:
         ValueError: a parameter out of range (at construction); in :meth:`query`, ``k < 1`` or
