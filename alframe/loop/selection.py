@@ -111,6 +111,7 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
                               labelled_idx=state.labelled_idx,
                               # consistent MC dropout: one mask per MC sample for the whole pool
                               mask_seed=score_seed if strategy.consistent_dropout else None)
+    outputs.n_labelled = state.n_labelled  # the labelled-set size, for budget-dependent strategies
     score_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     chosen = np.asarray(strategy.query(outputs, k, rng), dtype=np.int64)
