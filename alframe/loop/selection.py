@@ -117,4 +117,5 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
     chosen = np.asarray(strategy.query(outputs, k, rng), dtype=np.int64)
     query_s = time.perf_counter() - t0
     check_query(chosen, candidates, state, k, strategy.name)
-    return chosen, {"score_seconds": score_s, "query_seconds": query_s}
+    # what the strategy chose by (e.g. ProbCover's radius and purity): logged with the timings
+    return chosen, {"score_seconds": score_s, "query_seconds": query_s, **getattr(strategy, "last_info", {})}

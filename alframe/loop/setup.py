@@ -53,7 +53,10 @@ def build_parts(s: Settings, job_dir: Path) -> Parts:
     data = load_data(s.dataset)
     strategy = _instance(s.strategy, "strategy", QueryStrategy, "QueryStrategy")
     if s.loop.consistent_dropout is not None and "mc_probs" in strategy.requires:
-        strategy.consistent_dropout = s.loop.consistent_dropout  # one mask mode for a comparison
+        try:  # one mask mode for a comparison
+            strategy.consistent_dropout = s.loop.consistent_dropout
+        except ValueError as e:  # a strategy that needs one mode (EPIG: consistent masks)
+            raise ConfigError(f"loop.consistent_dropout={s.loop.consistent_dropout}: {e}") from None
     oracle = _instance(s.oracle, "oracle", Oracle, "Oracle")
     hooks = [_instance(node, f"hooks.{name}", RoundHook, "RoundHook") for name, node in s.hooks.items()]
     fingerprint, accepted = config_fingerprints(s.raw)
