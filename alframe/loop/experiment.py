@@ -1,7 +1,6 @@
 """The active-learning round loop.
 
 One round::
-
     fit a fresh model on the labelled set (Lightning Trainer)
     evaluate on the fixed test set -> log metrics at step = number of labels
     save state; stop if the rounds or the budget are spent, the pool is empty or a hook says so
@@ -10,9 +9,8 @@ One round::
 
 Round 0 trains on the initial labelled set. ``loop.rounds`` counts the query rounds after it.
 Randomness of round ``r`` is seeded from ``(seed, r)`` (:mod:`alframe.training.seeds`), so a
-resumed run repeats exactly what an uninterrupted one would have done. Per-round extras
-(pseudo-labels, stopping rules, machine-label evidence, model logging) are round hooks
-(:mod:`alframe.loop.hooks`).
+resumed run repeats exactly what an uninterrupted one would have done. Per-round extras are
+round hooks (:mod:`alframe.loop.hooks`).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from alframe import faults, progress
@@ -61,6 +60,8 @@ class Experiment:
     def __init__(self, cfg: DictConfig | Settings, job_dir: Path, sweep_id: str | None = None):
         s = cfg if isinstance(cfg, Settings) else settings_of(cfg)
         quiet_lightning()
+        if s.trainer.get("threads") is not None:  # results depend on it: logged as the run's `threads` tag
+            torch.set_num_threads(int(s.trainer.threads))
         self.settings, self.cfg, self.sweep_id = s, s.raw, sweep_id
         parts = build_parts(s, job_dir)
         self.data, self.strategy, self.oracle, self.hooks = parts.data, parts.strategy, parts.oracle, parts.hooks
@@ -159,8 +160,7 @@ class Experiment:
 
     def _train_and_log(self, r: int, tracker: Tracker, table: progress.RoundTable,
                        prev: ALNet | None = None) -> ALNet:
-        """Train round ``r``'s model, evaluate, run the hooks' round end, log it all at step =
-        number of labels in one request, and save."""
+        """Train and evaluate round ``r``, run the hooks' round end, log it all in one request, save."""
         net, row = self._train(r, prev)
         extra: dict[str, float] = {}
         for hook in self.hooks:  # stop_kappa, machine-label evidence, the round's model

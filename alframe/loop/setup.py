@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from alframe.config.fingerprint import config_fingerprints
@@ -88,7 +89,7 @@ def start_tracking(s: Settings, progress: RunProgress, strategy: str, dataset: s
     """
     uri = progress.tracking_uri or tracking_uri_of(s)  # a resumed run stays in its store
     tags = {"strategy": strategy, "dataset": dataset, "model": s.model.name, "seed": s.seed, "oracle": oracle,
-            "run_dir": str(run_dir), **({"sweep_id": sweep_id} if sweep_id else {}),
+            "run_dir": str(run_dir), "threads": torch.get_num_threads(), **({"sweep_id": sweep_id} if sweep_id else {}),
             **({"alframe.smoke": "true"} if s.smoke else {})}
     tracker = start_run(uri, s.mlflow.experiment_name, progress.run_id, s.mlflow.run_name, tags,
                         OmegaConf.to_container(s.raw, resolve=True), run_dir)

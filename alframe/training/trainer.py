@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the checked settings (alframe.config.settings) or a compose
 
 MODEL_FILE = "last_model.pt"
 #: keys of the ``trainer`` group that alframe reads itself; the rest go to pytorch_lightning.Trainer
-ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "protocol", "steps_per_round", "epoch_samples",
+ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "threads", "protocol", "steps_per_round", "epoch_samples",
                         "restore_best", "weight_decay_per_label", "weight_decay_params")
 
 
