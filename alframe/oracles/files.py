@@ -477,12 +477,14 @@ class FilesOracle(Oracle):
         errors: list[str] = []
         unknown_class = False
         current: dict[int, list[tuple[_Row, object]]] = {}
+        seen: set[int] = set()  # indices with a row, good or bad
         same = kept = skipped_before = 0
         for row in entries:
             i = _as_index(row.index)
             if i is None:
                 errors.append(f"{row.where}: index {_show(row.index)} is not an integer")
                 continue
+            seen.add(i)
             problems = [row.problem] if row.problem else []
             if row.run in (None, ""):
                 problems.append(f"has no run id: it was not made from this run's hand-off (run {run!r})")
@@ -497,7 +499,7 @@ class FilesOracle(Oracle):
                 if problem:
                     problems.append(problem)
                 elif r > this:
-                    problems.append(f"is of round {r}, after this round {this}")
+                    problems.append(f"has image {_show(row.image)} of round {r}, after this round {this}")
             answer, unknown = self._answer(row, names)
             if unknown is not None:
                 problems.append(f"unknown class {unknown!r}")
@@ -539,7 +541,7 @@ class FilesOracle(Oracle):
             if len(rows) == 1:
                 answers[i] = answer
         is_csv = fmt is None
-        missing = [i for i in wanted if i not in current]
+        missing = [i for i in wanted if i not in seen]
         if missing and is_csv:
             errors.append(f"missing rows for indices {missing} (every queried sample needs its row; "
                           "rows are never removed)")
