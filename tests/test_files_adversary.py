@@ -244,14 +244,14 @@ def test_exports_of_another_run_project_or_image_are_refused(tmp_path, store, mo
     moved[1]["data"]["image"] = moved[1]["data"]["image"].replace("round_0", "round_1")
     moved[2]["data"]["image"] = moved[2]["data"]["image"].replace("101.png", "238.png")
     moved[3]["data"]["round"] = 1
-    moved[4]["data"]["index"] = 9999  # a task of an index this round never asked for
+    moved[4]["data"]["index"] = 1300  # a task of an index this round never asked for
     run.export(moved)
     err = run.refused("task 1 (id 1) (index 24): has file '../../other/24.png', not 'images/24.png'",
                       "task 2 (id 2) (index 57): has image '/data/local-files/?d=run/queries/round_1/images/57.png' "
                       "of round 1, after this round 0",
                       "task 3 (id 3) (index 101): has image",
                       "task 4 (id 4) (index 238): has round 1, but its image is of round 0",
-                      "task 5 (id 5) (index 9999): has file 'images/362.png', not 'images/9999.png'")
+                      "task 5 (id 5) (index 1300): has file 'images/362.png', not 'images/1300.png'")
     assert "5 problem(s)" in err
     run.export(good)
     round1_continues(run, run.resume())
@@ -398,3 +398,100 @@ def test_label_studio_config_requires_a_choice_and_sets_a_hotkey_per_class(run):
     assert all(t["data"]["run"] == run.run_id and t["data"]["file"] == f"images/{t['data']['index']}.png"
                for t in tasks)
     assert {r["run"] for r in run.rows()} == {run.run_id} and run.run_id.isalpha() and len(run.run_id) == 12
+
+
+# --------------------------------------------------------------------------- malformed files, one line each
+@pytest.fixture
+def oracle(tmp_path):
+    from alframe.oracles import FilesOracle, LabelRequest
+
+    o = FilesOracle()
+    o.setup(digits(), tmp_path)
+    o.request = LabelRequest(round=0, idx=np.array(sorted(ROUND0)))
+    o.label(o.request)  # the hand-off
+    return o
+
+
+def import_once(oracle, name: str, content: bytes):
+    """``oracle.label`` after writing ``content`` as ``name`` in round 0's folder; the
+    LabelImportError's problem lines, or the result."""
+    from alframe.oracles import LabelImportError
+
+    (oracle.round_dir(0) / name).write_bytes(content)
+    try:
+        return oracle.label(oracle.request)
+    except LabelImportError as e:
+        text = str(e)
+        assert "Traceback" not in text
+        return text.splitlines()[1:] or [text]
+
+
+@pytest.mark.parametrize("mutate,line", [
+    (lambda t: b"{nope", "not a readable JSON file (Expecting property name"),
+    (lambda t: b"[" * 100000 + b"]" * 100000, "not a readable JSON file (maximum recursion depth"),
+    (lambda t: json.dumps({"tasks": t}).encode(), "a Label Studio export is a JSON list of tasks, got dict"),
+    (lambda t: b"[1]", "task 1: is int, not a task object"),
+    (lambda t: json.dumps([{**t[0], "annotations": "x"}]).encode(), "(index 24): has annotations that are not a list"),
+    (lambda t: json.dumps([{**t[0], "annotations": [{**t[0]["annotations"][0], "was_cancelled": "false"}]}]).encode(),
+     "(index 24): has was_cancelled='false': must be true or false"),
+    (lambda t: json.dumps([{**t[0], "annotations": [{"result": {"a": 1}}]}]).encode(),
+     "(index 24): has an annotation whose result is dict, not a list"),
+    (lambda t: json.dumps([{**t[0], "annotations": [{"result": [{"value": {"choices": "6"}}]}]}]).encode(),
+     "(index 24): has choices '6' that are not a list"),
+    (lambda t: json.dumps([{**t[0], "annotations": [{"result": [{"value": {"choices": [True]}}]}]}]).encode(),
+     "(index 24): has a choice True that is not a class name"),
+    (lambda t: json.dumps([{**t[0], "data": {**t[0]["data"], "index": 24.0}}]).encode(),
+     "task 1 (id 1): index 24.0 is not an integer"),
+    (lambda t: json.dumps([{**t[0], "data": {**t[0]["data"], "index": -3}}]).encode(),
+     "task 1 (id 1): index -3 is not a pool index (0..1346)"),
+    (lambda t: json.dumps([{**t[0], "data": {**t[0]["data"], "round": "0"}}]).encode(),
+     "(index 24): has round '0', not a round number"),
+])
+def test_malformed_label_studio_exports_are_refused_in_one_line(oracle, mutate, line):
+    tasks = stamped("p1_export_JSON.json", oracle.run_id)
+    got = import_once(oracle, "export.json", mutate(tasks))
+    assert isinstance(got, list) and any(line in x for x in got), got
+    assert not (oracle.run_dir / "pool_state.npz").exists()
+
+
+@pytest.mark.parametrize("edit,line", [
+    (lambda t: t.replace("images/24.png", "images/2\x004.png"), "holds a NUL byte (offset"),
+    (lambda t: t.replace(",6,", "," + "6" * 200_000 + ",", 1), "line 2 is not readable CSV (field larger than"),
+    (lambda t: t.replace(",6,", ",6,7,", 1), "line 2 has 7 values but the header has 6 columns"),
+    (lambda t: t.splitlines()[0] + "\n", "missing rows for indices [24, 57, 101"),
+    (lambda t: "", "is empty: it needs the header index,file,suggested_label,confidence,label,run"),
+    (lambda t: t.replace(",label,", ",Label,", 1), "missing column(s) ['label']"),
+    (lambda t: t.replace("\n24,", "\n24.0,", 1), "line 2: index '24.0' is not an integer"),
+    (lambda t: t.replace(",6,", ",=1+1,", 1), "line 2 (index 24): unknown class '=1+1'"),
+    (lambda t: t.replace("images/24.png", "./images/24.png"), "has file './images/24.png', not 'images/24.png'"),
+])
+def test_malformed_csv_files_are_refused_in_one_line(oracle, edit, line):
+    rows = list(csv.DictReader(io.StringIO((oracle.round_dir(0) / "labels.csv").read_text())))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(fill(rows, {i: str(y) for i, y in ROUND0.items()}))
+    got = import_once(oracle, "labels.csv", edit(buf.getvalue()).encode())
+    assert isinstance(got, list) and any(line in x for x in got), got
+    assert not (oracle.run_dir / "pool_state.npz").exists()
+
+
+def test_csv_cells_may_come_back_escaped_or_trimmed(oracle):
+    rows = list(csv.DictReader(io.StringIO((oracle.round_dir(0) / "labels.csv").read_text())))
+    answers = {24: " 6 ", 57: "'-", 101: "Skip", 238: "'=5"}  # '=5: not a class even unescaped
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*rows[0], "notes"], lineterminator="\r\n")
+    w.writeheader()
+    w.writerows(dict(r, label=answers.get(int(r["index"]), str(ROUND0[int(r["index"])])), notes="ok")
+                for r in rows)
+    got = import_once(oracle, "labels.csv", b"\xef\xbb\xbf" + buf.getvalue().encode() + b"\r\n,,,,,,\r\n")
+    assert got == ["  line 5 (index 238): unknown class \"'=5\"", "allowed classes: 0=0, 1=1, 2=2, 3=3, 4=4, 5=5, 6=6, 7=7, 8=8, 9=9"], got
+    answers[238] = "5"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(dict(r, label=answers.get(int(r["index"]), str(ROUND0[int(r["index"])]))) for r in rows)
+    res = import_once(oracle, "labels.csv", buf.getvalue().encode())
+    assert dict(zip(res.idx.tolist(), res.labels.tolist(), strict=True)) == {
+        i: y for i, y in ROUND0.items() if i not in (57, 101)}
+    assert res.info["skipped"] == 2.0 and not res.pending

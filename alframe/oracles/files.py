@@ -86,7 +86,7 @@ def _as_index(value: object) -> int | None:
     """A pool index given as an int or as decimal digits, else None."""
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,18}", value.strip()):
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
         return int(value.strip())
     return None
 
@@ -216,9 +216,13 @@ class FilesOracle(Oracle):
         if raw[:4] == b"PK\x03\x04":
             raise LabelImportError(f"{path} is a spreadsheet workbook (.xlsx), not CSV text: in the spreadsheet "
                                    "use Save As > 'CSV UTF-8 (Comma delimited)'")
-        if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (b"\x00" in raw[:200] and raw[:3] != b"\xef\xbb\xbf"):
+        head = raw[:400]
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 8 and head.count(0) * 3 >= len(head)):
             raise LabelImportError(f"{path} is UTF-16 text (e.g. Excel's 'Unicode Text'), not UTF-8: save it as "
                                    "'CSV UTF-8 (Comma delimited)'")
+        if b"\x00" in raw:
+            raise LabelImportError(f"{path} holds a NUL byte (offset {raw.index(0)}): not a CSV text file; save it "
+                                   "as 'CSV UTF-8 (Comma delimited)'")
         bom = 3 if raw[:3] == b"\xef\xbb\xbf" else 0
         try:
             return raw[bom:].decode("utf-8")
@@ -257,12 +261,12 @@ class FilesOracle(Oracle):
             for cells in reader:
                 rows.append((reader.line_num + skipped, cells))
         except csv.Error as e:
-            raise LabelImportError(f"{path}: line {reader.line_num + skipped + 1} is not readable CSV ({e})") from None
+            raise LabelImportError(f"{path}: line {reader.line_num + skipped} is not readable CSV ({e})") from None
         while rows and not any(c.strip() for c in rows[0][1]):
             rows.pop(0)
         if not rows:
             raise LabelImportError(f"{path} is empty: it needs the header {','.join(CSV_COLUMNS)} and one row "
-                                   "per queried sample")
+                                   "per queried sample (delete it and resume to have it written again)")
         header_line, header = rows[0][0], [c.strip() for c in rows[0][1]]
         if "index" not in header:
             self._check_separator(path, text, header_line - skipped)
@@ -304,8 +308,9 @@ class FilesOracle(Oracle):
 
     @staticmethod
     def _has_answers(table: _Table) -> bool:
-        """True when some row has a label, or the header lost its 'label' column (an error to report)."""
-        if "label" not in table.header:
+        """True when some row has a label, or the file lost its 'label' column or all its rows (an
+        error to report)."""
+        if "label" not in table.header or not table.rows:
             return True
         return any((row.get("label") or "").strip() for _, row in table.rows)
 
@@ -482,7 +487,11 @@ class FilesOracle(Oracle):
         for row in entries:
             i = _as_index(row.index)
             if i is None:
-                errors.append(f"{row.where}: index {_show(row.index)} is not an integer")
+                errors.append(f"{row.where}: " + (row.problem if row.problem and row.index is None
+                                                  else f"index {_show(row.index)} is not an integer"))
+                continue
+            if not 0 <= i < self.data.n_train:
+                errors.append(f"{row.where}: index {i} is not a pool index (0..{self.data.n_train - 1})")
                 continue
             seen.add(i)
             problems = [row.problem] if row.problem else []
