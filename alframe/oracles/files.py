@@ -549,9 +549,8 @@ class FilesOracle(Oracle):
                 errors.append(f"{row.where}: duplicate row for index {i} (already on {first.where})")
             if len(rows) == 1:
                 answers[i] = answer
-        is_csv = fmt is None
-        missing = [i for i in wanted if i not in seen]
-        if missing and is_csv:
+        missing = [i for i in wanted if i not in seen]  # Label Studio: not exported yet, pending
+        if missing and fmt is None:
             errors.append(f"missing rows for indices {missing} (every queried sample needs its row; "
                           "rows are never removed)")
         if errors:
@@ -589,8 +588,6 @@ class FilesOracle(Oracle):
                          "(a recorded label is kept)")
         if skipped_before:
             notes.append(f"{skipped_before} row(s) of samples skipped in earlier rounds ignored (still skipped)")
-        if all_skipped:
-            idx = []
         result = LabelResult(idx=np.asarray(idx, dtype=np.int64),
                              labels=np.asarray([answers[i] for i in idx], dtype=np.int64),
                              pending=bool(pending) or all_skipped, info={"skipped": float(len(skips))})
