@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alframe import export
+from alframe.cli import export as export_cli
 from alframe.data.digits import digits
-from alframe.oracles.files import CSV_COLUMNS, from_spreadsheet, spreadsheet_safe
-from alframe.state import PoolState
+from alframe.export import dataset as export
+from alframe.oracles.files import CSV_COLUMNS
+from alframe.oracles.importing import from_spreadsheet, spreadsheet_safe
+from alframe.rundir.state import PoolState
 
 from .helpers import cli_in_process
 
@@ -367,7 +369,7 @@ def test_cells_a_spreadsheet_would_run_are_escaped_and_read_back(tmp_path, store
     sugg = [r["suggested_label"] for r in run.rows(1)]
     assert len(sugg) == 2 and all(s.startswith("'") and from_spreadsheet(s) in classes for s in sugg), text
 
-    assert export.main([str(run.dir), "--format", "csv", "--out", str(tmp_path / "out")]) == 0
+    assert export_cli.main([str(run.dir), "--format", "csv", "--out", str(tmp_path / "out")]) == 0
     with (tmp_path / "out" / "labels.csv").open(newline="", encoding="utf-8") as f:
         cells = [c for row in csv.reader(f) for c in row]
     assert {"'=1+1.png", "'+2.png", "'-3.png", "'@4.png"} <= set(cells)
