@@ -23,8 +23,8 @@ from alframe.cli import export as export_cli
 from alframe.data.digits import digits
 from alframe.export import dataset as export
 from alframe.oracles.files import CSV_COLUMNS
-from alframe.oracles.importing import from_spreadsheet, spreadsheet_safe
 from alframe.rundir.state import PoolState
+from alframe.spreadsheet import from_spreadsheet, spreadsheet_safe
 
 from .helpers import cli_in_process
 
@@ -364,7 +364,7 @@ def test_cells_a_spreadsheet_would_run_are_escaped_and_read_back(tmp_path, store
     assert r.returncode == 0 and "Labels needed for round 1" in r.stdout, r.stderr
     assert run.labels() == {i: k for k, i in enumerate(asked)}
     with (run.dir / "queries.csv").open() as f:
-        assert [q["class_name"] for q in csv.DictReader(f)] == classes  # the names themselves
+        assert [from_spreadsheet(q["class_name"]) for q in csv.DictReader(f)] == classes  # escaped, read back
     text = (run.round(1) / "labels.csv").read_text()
     sugg = [r["suggested_label"] for r in run.rows(1)]
     assert len(sugg) == 2 and all(s.startswith("'") and from_spreadsheet(s) in classes for s in sugg), text

@@ -123,7 +123,7 @@ def write_csv(rows: Sequence[Entry], class_names: Sequence[str], out: Path) -> P
     A cell a spreadsheet would run as a formula (a class or file name starting with ``= + - @``,
     a tab or a carriage return) is written with a leading ``'`` (OWASP's rule against CSV
     injection; :func:`alframe.oracles.importing.from_spreadsheet` undoes it)."""
-    from alframe.oracles.importing import spreadsheet_safe
+    from alframe.spreadsheet import spreadsheet_safe
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / CSV_NAME

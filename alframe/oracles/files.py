@@ -38,16 +38,9 @@ from alframe.errors import LabelImportError
 from alframe.oracles import label_studio
 from alframe.oracles.answers import atomic_write_text
 from alframe.oracles.base import LabelRequest, LabelResult, Oracle
-from alframe.oracles.importing import (
-    Row,
-    Table,
-    check_rows,
-    from_spreadsheet,
-    image_file,
-    read_table,
-    spreadsheet_safe,
-)
+from alframe.oracles.importing import Row, Table, check_rows, image_file, read_table
 from alframe.oracles.render import save_png
+from alframe.spreadsheet import from_spreadsheet, spreadsheet_safe
 
 CSV_NAME = "labels.csv"
 TASKS_NAME = "label_studio_tasks.json"

@@ -22,31 +22,14 @@ from alframe.errors import LabelImportError
 from alframe.oracles import label_studio
 from alframe.oracles.answers import SKIP
 from alframe.oracles.base import LabelRequest, LabelResult, parse_label
+from alframe.spreadsheet import from_spreadsheet
 
 SKIP_WORDS = (SKIP, "-")
 EMPTY = object()  # a row without an answer (pending)
 BAD = object()  # a row whose class is unknown (already reported)
-#: first characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection)
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SEPARATORS = {";": "';'", "\t": "tabs", "|": "'|'"}
 
 
-def spreadsheet_safe(value: object) -> str:
-    """``value`` as a CSV cell a spreadsheet shows as text: a leading ``'`` is added when it
-    starts with ``= + - @``, a tab or a carriage return (OWASP's rule against CSV injection),
-    or with a ``'`` that :func:`from_spreadsheet` would take away. None is ``""``."""
-    text = "" if value is None else str(value)
-    if text.startswith(FORMULA_START) or (text.startswith("'") and text[1:2] in (*FORMULA_START, "'")):
-        return "'" + text
-    return text
-
-
-def from_spreadsheet(text: str) -> str:
-    """The value of a cell :func:`spreadsheet_safe` wrote (its leading ``'`` removed); other
-    text as it is."""
-    if text.startswith("'") and text[1:2] in (*FORMULA_START, "'"):
-        return text[1:]
-    return text
 
 
 def image_file(index: int) -> str:
