@@ -5,9 +5,8 @@ Lightning loop trains a fresh model each round, scores the pool, queries the mos
 samples, asks the oracle for their labels and logs every round to MLflow.
 """
 
-__version__ = "0.2.0"
-
 from alframe.config import schema as _schema  # noqa: E402
+from alframe.version import __version__  # noqa: E402, F401
 
 _schema.register()  # the structured config groups (loop, trainer, mlflow, paths) for Hydra
 

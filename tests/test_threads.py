@@ -1,5 +1,6 @@
-"""The thread default: training and scoring use ``trainer.threads`` torch threads (1 unless set),
-the count is recorded as the run's ``threads`` tag, and it may change when a run resumes."""
+"""The thread default and provenance: training and scoring use ``trainer.threads`` torch threads (1
+unless set); every run records its thread count, alframe version and commit as tags.
+"""
 
 from __future__ import annotations
 
@@ -43,3 +44,19 @@ def test_bad_thread_count_is_refused(tmp_path):
 def test_thread_count_may_change_on_resume(tmp_path):
     assert config_fingerprint(compose(["trainer.threads=1"], tmp_path)) == \
         config_fingerprint(compose(["trainer.threads=4"], tmp_path))
+
+
+def test_runs_record_the_version_and_commit_that_made_them(finished_run):
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    import alframe
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert alframe.__version__ == pyproject["project"]["version"]
+    tags = MlflowClient(finished_run.tracking_uri).get_run(finished_run.run_id).data.tags
+    assert tags["alframe.version"] == alframe.__version__
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", tags["alframe.commit"])  # tests run from a git checkout
+    assert tags["threads"] == "1"
