@@ -28,6 +28,9 @@ from alframe.spreadsheet import from_spreadsheet, spreadsheet_safe
 
 from .helpers import cli_in_process
 
+#: end to end through real runs (a training each): `make test-all`; the file checks below stay fast
+SLOW = pytest.mark.slow
+
 LS_DIR = Path(__file__).parent / "data" / "label_studio"  # real Label Studio 1.23.2 exports, see README.md
 ROUND0 = {24: 6, 57: 9, 101: 8, 238: 5, 362: 1, 415: 4, 680: 3, 849: 4, 1097: 8, 1140: 8}
 COMMON = ["oracle=files", "loop.initial_size=10", "loop.query_size=5", "loop.rounds=1", "trainer.max_epochs=1",
@@ -147,6 +150,7 @@ def round1_continues(run: Run, r) -> None:
 
 
 # --------------------------------------------------------------------------- 1. imports that yield no labels
+@SLOW
 def test_imports_without_labels_leave_the_round_pending_then_a_correct_export_continues(run):
     """[] (JSON-MIN of nothing), every task skipped (JSON), every row 'skip' (labels.csv), every
     task still without annotation (JSON): the round stays pending, the state unchanged."""
@@ -176,6 +180,7 @@ def test_imports_without_labels_leave_the_round_pending_then_a_correct_export_co
     round1_continues(run, run.resume())
 
 
+@SLOW
 def test_partial_exports_import_what_is_answered_and_ask_for_the_rest(run):
     """JSON-MIN taken while the annotator works (3 tasks not labelled yet, one re-labelled), then
     labels.csv half filled with a skip: each import adds what is answered; skips count only once
@@ -205,6 +210,7 @@ def test_partial_exports_import_what_is_answered_and_ask_for_the_rest(run):
     assert "Labels needed for round 1" in r.stdout and 24 not in run.pending()
 
 
+@SLOW
 def test_a_submitted_annotation_without_a_choice_is_named(run):
     run.start()
     good = stamped("p1_export_JSON.json", run.run_id)
@@ -223,6 +229,7 @@ def test_a_submitted_annotation_without_a_choice_is_named(run):
 
 
 # --------------------------------------------------------------------------- 2. labels from somewhere else
+@SLOW
 def test_exports_of_another_run_project_or_image_are_refused(tmp_path, store, monkeypatch, capsys):
     run = Run(tmp_path, store, monkeypatch, capsys)
     other = Run(tmp_path / "elsewhere2", store, monkeypatch, capsys)  # same config: same indices
@@ -259,6 +266,7 @@ def test_exports_of_another_run_project_or_image_are_refused(tmp_path, store, mo
     round1_continues(run, run.resume())
 
 
+@SLOW
 def test_csv_rows_of_another_run_or_image_and_duplicate_columns_are_refused(run):
     run.start()
     rows = fill(run.rows(), {i: str(y) for i, y in ROUND0.items()})
@@ -287,6 +295,7 @@ def test_csv_rows_of_another_run_or_image_and_duplicate_columns_are_refused(run)
     round1_continues(run, run.resume())
 
 
+@SLOW
 def test_several_choices_in_one_annotation_are_refused(run):
     run.start()
     good = stamped("p1_export_JSON.json", run.run_id)
@@ -307,6 +316,7 @@ def test_several_choices_in_one_annotation_are_refused(run):
 
 
 # --------------------------------------------------------------------------- 3. files a person's tools write
+@SLOW
 def test_encodings_other_than_utf8_are_named(run):
     run.start()
     rows = fill(run.rows(), {i: str(y) for i, y in ROUND0.items()})
@@ -325,6 +335,7 @@ def test_encodings_other_than_utf8_are_named(run):
     round1_continues(run, run.resume())
 
 
+@SLOW
 def test_other_separators_are_named(run):
     run.start()
     rows = fill(run.rows(), {i: str(y) for i, y in ROUND0.items()})
@@ -339,6 +350,7 @@ def test_other_separators_are_named(run):
     round1_continues(run, run.resume())
 
 
+@SLOW
 def test_cells_a_spreadsheet_would_run_are_escaped_and_read_back(tmp_path, store, monkeypatch, capsys):
     """Class and file names starting with = + - @: the files oracle's labels.csv and alframe-export
     write them with a leading quote; a person's answer is read back escaped or raw."""
@@ -390,6 +402,7 @@ def test_spreadsheet_escaping_round_trips(tmp_path):
 
 
 # --------------------------------------------------------------------------- 4. the Label Studio config
+@SLOW
 def test_label_studio_config_requires_a_choice_and_sets_a_hotkey_per_class(run):
     run.start()
     root = ET.fromstring((run.round(0) / "label_studio_config.xml").read_text())
