@@ -118,7 +118,7 @@ def plain_loop(cfg, follow: dict[int, np.ndarray] | None = None) -> dict:
     state.label(first, data.targets[first], 0)
     val = data.validation_set()
     accs, picks, labelled, followed = [], {}, {}, []
-    cpu = dict.fromkeys(PARTS, 0.0)
+    meter = Meter()
     for r in range(int(cfg.loop.rounds) + 1):
         seed = round_seed(cfg.seed, r)
         seed_all(seed)
@@ -135,25 +135,22 @@ def plain_loop(cfg, follow: dict[int, np.ndarray] | None = None) -> dict:
         net.train()
         for _ in range(int(t.max_epochs)):
             for x, y in loader:
-                c0 = time.process_time()
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
-                opt.step()
-                cpu["steps"] += time.process_time() - c0
-        c0 = time.process_time()
-        accs.append(evaluate(net, data.test, batch_size=int(cfg.loop.eval_batch_size))["accuracy"])
-        evaluate(net, val, batch_size=int(cfg.loop.eval_batch_size))
-        cpu["evaluate"] += time.process_time() - c0
+                with meter.part("steps"):
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(net(x), y).backward()
+                    opt.step()
+        with meter.part("evaluate"):
+            accs.append(evaluate(net, data.test, batch_size=int(cfg.loop.eval_batch_size))["accuracy"])
+            evaluate(net, val, batch_size=int(cfg.loop.eval_batch_size))
         if r == int(cfg.loop.rounds):
             break
         q = r + 1  # the query round: its generator draws the pool subset, its SCORE seed the masks
         rng, pool = round_rng(cfg.seed, q), state.pool_idx
         candidates = np.sort(rng.choice(pool, size=int(cfg.loop.pool_subset), replace=False))
         torch.manual_seed(round_seed(cfg.seed, q, SCORE))
-        c0 = time.process_time()
-        out = compute_outputs(net, data.train, candidates, {"mc_probs"}, mc_samples=int(cfg.strategy.mc_samples),
-                              batch_size=int(cfg.loop.eval_batch_size))
-        cpu["score"] += time.process_time() - c0
+        with meter.part("score"):
+            out = compute_outputs(net, data.train, candidates, {"mc_probs"},
+                                  mc_samples=int(cfg.strategy.mc_samples), batch_size=int(cfg.loop.eval_batch_size))
         scores = bald(out.mc_probs)
         chosen = out.idx[np.lexsort((out.idx, -scores))[: int(cfg.loop.query_size)]]
         picks[q] = chosen
@@ -162,7 +159,7 @@ def plain_loop(cfg, follow: dict[int, np.ndarray] | None = None) -> dict:
             followed.append(q)
         labelled[q] = chosen
         state.label(chosen, data.targets[chosen], q)
-    return {"accs": accs, "picks": picks, "labelled": labelled, "followed": followed, "cpu": cpu}
+    return {"accs": accs, "picks": picks, "labelled": labelled, "followed": followed, "meter": meter}
 
 
 #: the work both loops share, metered in each: the training steps (zero_grad, forward, backward,
@@ -171,33 +168,50 @@ def plain_loop(cfg, follow: dict[int, np.ndarray] | None = None) -> dict:
 PARTS = ("steps", "evaluate", "score")
 
 
+class Meter:
+    """Process CPU and wall seconds summed per named part of a run (``seconds[name] = [cpu, wall]``)."""
+
+    def __init__(self):
+        self.seconds: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        c0, t0 = time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            acc = self.seconds.setdefault(name, [0.0, 0.0])
+            acc[0] += time.process_time() - c0
+            acc[1] += time.perf_counter() - t0
+
+    def get(self, name: str, i: int) -> float:
+        return self.seconds.get(name, [0.0, 0.0])[i]
+
+
 @contextlib.contextmanager
 def metered():
-    """Within the block, process CPU seconds of alframe's shared work (:data:`PARTS`) and of its
-    per-round ``fit`` (Trainer and module built, Lightning's ``fit``), summed into the yielded dict.
-    The wrappers cost microseconds per call (a few hundred calls per run)."""
-    cpu = dict.fromkeys((*PARTS, "fit"), 0.0)
+    """Within the block, alframe's shared work (:data:`PARTS`) and its per-round ``fit`` (Trainer and
+    module built, Lightning's ``fit``) are metered into the yielded :class:`Meter`. The wrappers cost
+    microseconds per call (a few hundred calls per run)."""
+    meter = Meter()
     patched = [(ALClassifier, "training_step", "steps"), (experiment, "evaluate_many", "evaluate"),
                (selection, "compute_outputs", "score"), (experiment, "fit", "fit")]
     originals = [getattr(obj, name) for obj, name, _ in patched]
 
-    def meter(f, key):
+    def metering(f, name):
         @functools.wraps(f)
         def g(*a, **k):
-            c0 = time.process_time()
-            try:
+            with meter.part(name):
                 return f(*a, **k)
-            finally:
-                cpu[key] += time.process_time() - c0
         return g
 
-    for (obj, name, key), f in zip(patched, originals, strict=True):
-        setattr(obj, name, meter(f, key))
+    for (obj, attr, name), f in zip(patched, originals, strict=True):
+        setattr(obj, attr, metering(f, name))
     try:
-        yield cpu
+        yield meter
     finally:
-        for (obj, name, _), f in zip(patched, originals, strict=True):
-            setattr(obj, name, f)
+        for (obj, attr, _), f in zip(patched, originals, strict=True):
+            setattr(obj, attr, f)
 
 
 def alframe_queries(run_dir: Path) -> dict[int, np.ndarray]:
@@ -246,13 +260,13 @@ def main(argv: list[str] | None = None) -> None:
             order = ("alframe", "plain") if rep % 2 == 0 else ("plain", "alframe")
             for which in order:
                 if which == "alframe":
-                    with metered() as parts:
+                    with metered() as meter:
                         res, wall, cpu = _timed(run_experiment, cfg, out / "job")
                     follow = alframe_queries(res.run_dir)
                 else:
                     plain, wall, cpu = _timed(plain_loop, cfg, follow)
-                    parts = plain["cpu"]
-                runs[which].append({"wall": wall, "cpu": cpu, **parts})
+                    meter = plain["meter"]
+                runs[which].append({"wall": wall, "cpu": cpu, "meter": meter})
                 print(f"  rep {rep} {which:7s}: {wall:7.2f} s wall, {cpu:7.2f} s CPU", flush=True)
     load1 = os.getloadavg()
     same = sorted(follow) == sorted(plain["labelled"]) and \
@@ -260,10 +274,15 @@ def main(argv: list[str] | None = None) -> None:
     own = sum(np.array_equal(np.sort(plain["picks"][r]), follow[r]) for r in follow)
     wall = {k: min(r["wall"] for r in v) for k, v in runs.items()}
     cpu = {k: min(r["cpu"] for r in v) for k, v in runs.items()}
-    # the rest of each run beyond the shared work (PARTS), per rep; best (least) of the reps
-    rest = {k: min(r["cpu"] - sum(r[x] for x in PARTS) for r in v) for k, v in runs.items()}
-    around = min(r["fit"] - r["steps"] for r in runs["alframe"])  # fit() beyond its training steps
-    shared = {k: min(sum(r[x] for x in PARTS) for r in v) for k, v in runs.items()}
+    best = {"cpu": cpu, "wall": wall}
+    # the shared work (PARTS) and the rest of each run beyond it, per rep; best (least) of the reps
+    shared, rest = {}, {}
+    for k, v in runs.items():
+        for i, what in enumerate(("cpu", "wall")):
+            shared[k, what] = min(sum(r["meter"].get(x, i) for x in PARTS) for r in v)
+            rest[k, what] = min(r[what] - sum(r["meter"].get(x, i) for x in PARTS) for r in v)
+    around = min(r["meter"].get("fit", 0) - r["meter"].get("steps", 0) for r in runs["alframe"])
+    est = {w: (best[w]["plain"] + rest["alframe", w] - rest["plain", w]) / best[w]["plain"] for w in ("cpu", "wall")}
     n_final = int(cfg.loop.initial_size) + args.rounds * int(cfg.loop.query_size)
     fits = args.rounds + 1
     print(f"paper workload (gal2017_mnist_cpu: GalCNN, mnist10k, 50 epochs/round, batch 128, BALD T=20 on 1,000 "
@@ -278,11 +297,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  labelled sets identical round by round: {same}; the plain loop's own BALD picks equal alframe's "
           f"in {own}/{len(follow)} rounds" + (f" (it labelled alframe's batch in rounds {plain['followed']})"
                                                if plain["followed"] else ""))
-    print(f"  CPU s of the shared work (training steps, evaluation, scoring): plain {shared['plain']:.2f}, alframe "
-          f"{shared['alframe']:.2f}; the rest: plain {rest['plain']:.2f}, alframe {rest['alframe']:.2f}, of which "
-          f"Lightning's fit beyond the steps {around:.2f} ({around / fits * 1e3:.0f} ms per fit, Trainer and module "
-          f"built); rest-based ratio {(cpu['plain'] + rest['alframe'] - rest['plain']) / cpu['plain']:.3f}x")
-
+    print(f"  the shared work (training steps, evaluation, scoring), CPU / wall s: plain {shared['plain', 'cpu']:.2f} / "
+          f"{shared['plain', 'wall']:.2f}, alframe {shared['alframe', 'cpu']:.2f} / {shared['alframe', 'wall']:.2f}")
+    print(f"  the rest of the run, CPU / wall s: plain {rest['plain', 'cpu']:.2f} / {rest['plain', 'wall']:.2f}, alframe "
+          f"{rest['alframe', 'cpu']:.2f} / {rest['alframe', 'wall']:.2f}, of which Lightning's fit beyond the steps "
+          f"{around:.2f} CPU s ({around / fits * 1e3:.0f} ms per fit, Trainer and module built)")
+    print(f"  ratio with the shared work taken equal (plain + alframe's rest - plain's rest): CPU {est['cpu']:.3f}x, "
+          f"wall {est['wall']:.3f}x")
 
 if __name__ == "__main__":
     main()
