@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     same = sorted(follow) == sorted(plain["labelled"]) and \
         all(np.array_equal(np.sort(plain["labelled"][r]), follow[r]) for r in follow)
     own = sum(np.array_equal(np.sort(plain["picks"][r]), follow[r]) for r in follow)
+    same_acc = [h["test_accuracy"] for h in res.history] == plain["accs"]
     wall = {k: min(r["wall"] for r in v) for k, v in runs.items()}
     cpu = {k: min(r["cpu"] for r in v) for k, v in runs.items()}
     best = {"cpu": cpu, "wall": wall}
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
           f"(goal <= {GOAL:.2f}x)")
     print(f"  labelled sets identical round by round: {same}; the plain loop's own BALD picks equal alframe's "
           f"in {own}/{len(follow)} rounds" + (f" (it labelled alframe's batch in rounds {plain['followed']})"
-                                               if plain["followed"] else ""))
+                                               if plain["followed"] else "")
+          + f"; test accuracy equal in every round: {same_acc}")
     print(f"  the shared work (training steps, evaluation, scoring), CPU / wall s: plain {shared['plain', 'cpu']:.2f} / "
           f"{shared['plain', 'wall']:.2f}, alframe {shared['alframe', 'cpu']:.2f} / {shared['alframe', 'wall']:.2f}")
     print(f"  the rest of the run, CPU / wall s: plain {rest['plain', 'cpu']:.2f} / {rest['plain', 'wall']:.2f}, alframe "
