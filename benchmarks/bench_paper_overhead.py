@@ -18,6 +18,11 @@ batch alframe queried in each round; were they to differ (floating point), it wo
 alframe's batch (after doing its own scoring work), so the work stays the same, and the report
 says in how many rounds that happened. Goal: alframe <= 1.05x the plain loop.
 
+Printed: wall and process CPU seconds of each loop and their ratios (best of ``--reps`` interleaved
+runs), and, since ~21 s of identical arithmetic scatters by 5-10% on a shared machine, the work
+both loops share (training steps, evaluation, scoring; metered in each) apart from the rest of each
+run, and the ratio with the shared work taken equal: alframe's overhead without that noise.
+
 Data: the 10,000-digit MNIST subset ``mnist10k`` (8,000 train / 2,000 test; ``alframe-data
 mnist-subset``), from ``--mnist10k DIR``, ``$ALFRAME_MNIST10K`` or ``../shared/data/mnist10k``
 next to the repository; skipped with a message without it.
