@@ -37,7 +37,8 @@ from alframe.metrics import aubc, labels_to_target  # noqa: F401 (re-exported)
 from alframe.models.base import ALNet
 from alframe.oracles.base import Oracle
 from alframe.oracles.session import OracleSession
-from alframe.rundir.resume import check_same_data, resolve_run_dir, save_files_manifest
+from alframe.rundir.claim import claim_run_folder, holding_claim, undo_claim_on_error
+from alframe.rundir.resume import check_same_data, save_files_manifest
 from alframe.rundir.state import PendingRequest, PoolState, RunProgress
 from alframe.scoring.evaluate import evaluate_many
 from alframe.scoring.pool import compute_outputs
@@ -96,8 +97,10 @@ class Experiment:
         StateMismatchError: resuming a state that belongs to another dataset or config.
     """
 
+    @undo_claim_on_error  # a refused job leaves its folder as it found it
     def __init__(self, cfg: DictConfig, job_dir: Path, sweep_id: str | None = None):
         validate_static(cfg)
+        self.claim = claim_run_folder(cfg, job_dir)  # the run folder's lock, before anything is read or written
         quiet_lightning()
         self.cfg, self.sweep_id = cfg, sweep_id
         self.data: ALData = load_data(cfg.dataset)
@@ -108,7 +111,7 @@ class Experiment:
             self.strategy.consistent_dropout = bool(cfg.loop.consistent_dropout)  # one mask mode for a comparison
         self.oracle: Oracle = instantiate_checked(cfg.oracle, f"oracle ({cfg.oracle.get('_target_')})")
         fingerprint, accepted = config_fingerprints(cfg)
-        run_dir, self.resuming = resolve_run_dir(cfg, Path(job_dir), accepted)
+        run_dir, self.resuming = self.claim.run_dir, self.claim.resuming
         self.run_dir = run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resuming:
@@ -144,6 +147,7 @@ class Experiment:
         return self.state.progress
 
     # ------------------------------------------------------------------ the loop
+    @holding_claim  # the run folder stays locked while the run goes on
     def run(self) -> RunResult:
         """Run (or continue) the experiment until the rounds/budget are spent, the pool is
         empty, the target is reached, or an oracle leaves labels pending."""
