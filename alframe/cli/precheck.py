@@ -29,13 +29,11 @@ def _variants(o, loader) -> tuple[bool, list[str]]:
 
     key = o.key_or_group
     group = "/" in key or ("." not in key and bool(loader.get_group_options(key)))
-    values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-    element = o.get_key_element()
-    if o.type is OverrideType.DEL:
-        return group, [o.input_line]
-    if not group and not key.startswith("hydra.") and o.type is OverrideType.CHANGE:
-        element = "++" + element  # a key that does not exist is added, then refused with a suggestion
-    lines = [f"{element}={v}" for v in values]
+    # a plain key=value on a key that does not exist is added, then refused with a suggestion
+    force = not group and not key.startswith("hydra.") and o.type is OverrideType.CHANGE
+    if not o.is_sweep_override():
+        return group, [("++" if force else "") + o.input_line]
+    lines = [f"{'++' if force else ''}{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
     return group, lines if group else lines[:1]
 
 
