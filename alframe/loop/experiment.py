@@ -95,6 +95,7 @@ class Experiment:
     Raises:
         ConfigError: bad configuration values, before any training starts.
         StateMismatchError: resuming a state that belongs to another dataset or config.
+        RunFolderBusy: another process holds the run folder (:mod:`alframe.rundir.lock`).
     """
 
     @undo_claim_on_error  # a refused job leaves its folder as it found it

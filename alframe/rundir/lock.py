@@ -124,6 +124,9 @@ def _open_and_lock(folder: Path) -> _Held:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             created = True
+        except FileNotFoundError:  # the empty folder was removed meanwhile by a refused command
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         except FileExistsError:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # no O_TRUNC: a refused process changes nothing
