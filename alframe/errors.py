@@ -32,3 +32,8 @@ class LabelImportError(ConfigError):
 
 class ReportError(ValueError):
     """Nothing to report (unknown store or experiment, no matching runs); the message says why."""
+
+
+class RunFolderBusy(ConfigError):
+    """Another live process holds the run folder's lock; the message names the folder and that
+    process (host, PID, since when), and nothing was changed."""

@@ -15,6 +15,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]
+# `python -m alframe.cli.run` started by a test, from any folder, imports this checkout's alframe
+# (not another one installed in the environment, e.g. a git worktree's main checkout)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 CONFIG_DIR = str(REPO / "conf")
 
 #: overrides that make an experiment small enough for the fast suite

@@ -1,5 +1,6 @@
 """Crash safety: a person labels part of a batch, the process is killed with SIGKILL; the
-restarted run (loop.resume=true) keeps those labels and continues the same MLflow run."""
+restarted run (loop.resume=true) keeps those labels and continues the same MLflow run. While the
+first process lives, a second one on its run folder is refused; after the kill it takes over."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +62,13 @@ def test_sigkill_while_labelling_loses_nothing(tmp_path):
     proc.stdin.write("".join(f"{y[i]}\n" for i in first) + "3\n3\n")
     proc.stdin.flush()
     run_dir = wait_for_answers(tmp_path, 1, 2, proc)
+    second = alframe(tmp_path, "loop.resume=true")  # while the first lives: refused, naming it
+    err = second.communicate(timeout=300)[0]
+    assert second.returncode == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"alframe: error: run folder {run_dir} is in use by PID {proc.pid} on host "
+                           f"{socket.gethostname()} (holding it since ")
+    assert "nothing was changed" in line and list(tmp_path.glob("runs/*/*")) == [run_dir]  # no stub
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL

@@ -1,7 +1,9 @@
 """Fault injection: SIGKILL at 20 points spread over training, scoring, the oracle and the
 saves (:mod:`alframe.faults`), then ``loop.resume=true`` until the run ends. Every resumed
 run must end with the same labelled set and ``queries.csv`` as the uninterrupted run, and no
-label given before the kill may be lost. Slow: about 100 short processes."""
+label given before the kill may be lost. At every kill point, while the doomed process is held
+there alive, a second ``alframe`` on the run folder is refused in one line naming its PID; after
+the kill the next session takes the folder over. Slow: about 150 short processes."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +36,28 @@ FILES_KILL_POINTS = [(p, 1) for p in ("fit", "fit_done", "score", "query_done", 
 
 def session(run_dir: Path, oracle: str, kill: tuple[str, int] | None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("ALFRAME_KILL_AT", None)
-    if kill is not None:
-        env["ALFRAME_KILL_AT"] = f"{kill[0]}:{kill[1]}"
+    for var in ("ALFRAME_KILL_AT", "ALFRAME_KILL_HOLD"):
+        env.pop(var, None)
     args = [*RUN, f"oracle={oracle}", f"hydra.run.dir={run_dir}", "loop.resume=true",
             f"mlflow.tracking_uri=sqlite:///{run_dir.parent / 'mlflow.db'}", f"paths.output_root={run_dir.parent}"]
-    return subprocess.run([sys.executable, "-m", "alframe.cli.run", *args], env=env, capture_output=True,
-                          timeout=900).returncode
+    cmd = [sys.executable, "-m", "alframe.cli.run", *args]
+    if kill is None:
+        return subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode
+    hold = run_dir.parent / "held_at_kill_point"  # outside the run folder
+    env.update(ALFRAME_KILL_AT=f"{kill[0]}:{kill[1]}", ALFRAME_KILL_HOLD=str(hold))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while not hold.exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the session neither reached the kill point nor ended"
+        time.sleep(0.05)
+    if hold.exists():  # alive at the kill point: a second process on the folder must be refused
+        second = subprocess.run(cmd, env={k: v for k, v in env.items() if not k.startswith("ALFRAME_KILL")},
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip().splitlines() == [second.stderr.strip()]
+        assert f"is in use by PID {proc.pid} on host" in second.stderr and str(run_dir) in second.stderr
+        hold.unlink()
+    return proc.wait(300)
 
 
 def drive(run_dir: Path, oracle: str, kill: tuple[str, int] | None = None, kill_session: int = 0) -> dict[int, int]:

@@ -25,13 +25,16 @@ def _int(cfg: DictConfig, key: str, low: int, high: int, what: str) -> None:
 
 
 def validate_static(cfg: DictConfig) -> None:
-    """Check values that do not depend on the data: the ranges of :mod:`alframe.config.schema`, the
-    seed and ``loop.resume``.
+    """Check values that do not depend on the data: keys nothing reads (:mod:`alframe.config.keys`),
+    the ranges of :mod:`alframe.config.schema`, the seed and ``loop.resume``.
 
     Raises:
         ConfigError: naming the key, the bad value and the allowed range.
     """
+    from alframe.config.keys import check_keys
     from alframe.config.schema import check_ranges
+
+    check_keys(cfg)
 
     seed = _get(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

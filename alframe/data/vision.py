@@ -13,6 +13,7 @@ see :func:`repeat_with_noise`.
 
 from __future__ import annotations
 
+import inspect
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,7 @@ def _make(key: str):
     load.__name__ = key
     load.__qualname__ = key
     load.__doc__ = f"{key}: :func:`load_vision` with ``dataset={key!r}`` (same arguments)."
+    load.__signature__ = inspect.signature(load_vision)  # what it takes, for alframe.config.keys
     return load
 
 

@@ -1,16 +1,14 @@
-"""The active-learning round loop.
+"""The active-learning round loop. One round::
 
-One round::
     fit a fresh model on the labelled set (Lightning Trainer)
     evaluate on the fixed test set -> log metrics at step = number of labels
     save state; stop if the rounds or the budget are spent, the pool is empty or a hook says so
     score the pool (or a random subset), once, with what the strategy requires
     strategy picks k pool indices -> oracle labels them -> state.label(...) -> save state
 
-Round 0 trains on the initial labelled set. ``loop.rounds`` counts the query rounds after it.
-Randomness of round ``r`` is seeded from ``(seed, r)`` (:mod:`alframe.training.seeds`), so a
-resumed run repeats exactly what an uninterrupted one would have done. Per-round extras are
-round hooks (:mod:`alframe.loop.hooks`).
+Round 0 trains on the initial labelled set; ``loop.rounds`` counts the query rounds after it.
+Round ``r``'s randomness comes from ``(seed, r)`` (:mod:`alframe.training.seeds`): a resumed run
+repeats an uninterrupted one. Per-round extras are round hooks (:mod:`alframe.loop.hooks`).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from alframe import faults, progress
@@ -29,6 +26,7 @@ from alframe.loop.selection import initial_indices, query, record_seed_labels
 from alframe.loop.setup import build_parts, start_tracking
 from alframe.models.base import ALNet
 from alframe.oracles.session import OracleSession
+from alframe.rundir.claim import claim_run_folder, holding_claim, undo_claim_on_error
 from alframe.rundir.resume import save_files_manifest
 from alframe.rundir.state import PendingRequest, RunProgress
 from alframe.scoring.evaluate import evaluate_many
@@ -55,20 +53,20 @@ class Experiment:
     Raises:
         ConfigError: bad configuration values, before any training starts.
         StateMismatchError: resuming a state that belongs to another dataset or config.
+        RunFolderBusy: another process holds the run folder (:mod:`alframe.rundir.lock`).
     """
 
+    @undo_claim_on_error  # a refused job leaves its folder as it found it
     def __init__(self, cfg: DictConfig | Settings, job_dir: Path, sweep_id: str | None = None):
         s = cfg if isinstance(cfg, Settings) else settings_of(cfg)
+        self.claim = claim_run_folder(s.raw, job_dir)  # the folder's lock, before anything is read or written
         quiet_lightning()
-        if s.trainer.get("threads") is not None:  # results depend on it: logged as the run's `threads` tag
-            torch.set_num_threads(int(s.trainer.threads))
         self.settings, self.cfg, self.sweep_id = s, s.raw, sweep_id
-        parts = build_parts(s, job_dir)
-        self.data, self.strategy, self.oracle, self.hooks = parts.data, parts.strategy, parts.oracle, parts.hooks
-        self.run_dir, self.resuming, self.state = parts.run_dir, parts.resuming, parts.state
+        p = build_parts(s, self.claim.run_dir, self.claim.resuming)  # threads set there
+        self.data, self.strategy, self.oracle, self.hooks, self.run_dir, self.resuming, self.state = (
+            p.data, p.strategy, p.oracle, p.hooks, p.run_dir, p.resuming, p.state)
         check_training_setup(s, self.data, self.strategy, self.run_dir)
-        self.device = device_of(s)
-        self.spread = scoring_spread(s, self.run_dir)  # trainer.devices=N > 1: sharded scoring
+        self.device, self.spread = device_of(s), scoring_spread(s, self.run_dir)  # spread: trainer.devices > 1
         self.session = OracleSession(self.oracle, self.data, self.state, self._save, self.device)
         self.run_ctx = Run(s, self.data, self.state, self.run_dir, self.device)
         for hook in self.hooks:
@@ -81,6 +79,7 @@ class Experiment:
         return self.state.progress
 
     # ------------------------------------------------------------------ the loop
+    @holding_claim  # the run folder stays locked while the run goes on
     def run(self) -> RunResult:
         """Run (or continue) the experiment until the rounds/budget are spent, the pool is
         empty, a hook says stop, or an oracle leaves labels pending."""

@@ -17,7 +17,7 @@ from alframe.data.base import ALData, load_data
 from alframe.errors import ConfigError, StateMismatchError
 from alframe.loop.hooks import RoundHook
 from alframe.oracles.base import Oracle
-from alframe.rundir.resume import check_same_data, resolve_run_dir
+from alframe.rundir.resume import check_same_data
 from alframe.rundir.state import PoolState, RunProgress
 from alframe.strategies.base import QueryStrategy
 from alframe.tracking.run import Tracker, start_run
@@ -45,13 +45,16 @@ def _instance(node, what: str, kind: type, kind_name: str):
     return obj
 
 
-def build_parts(s: Settings, job_dir: Path) -> Parts:
-    """Load the data, build the strategy, oracle and hooks, and open the run folder's state.
+def build_parts(s: Settings, run_dir: Path, resuming: bool) -> Parts:
+    """Load the data, build the strategy, oracle and hooks, and open the state of ``run_dir``
+    (locked by :func:`~alframe.rundir.claim.claim_run_folder`; ``resuming``: it holds a saved run).
 
     Raises:
         ConfigError: bad values (named with what is allowed).
         StateMismatchError: the saved state belongs to another dataset or configuration.
     """
+    if s.trainer.get("threads") is not None:  # results depend on it: logged as the run's `threads` tag
+        torch.set_num_threads(int(s.trainer.threads))
     data = load_data(s.dataset)
     strategy = _instance(s.strategy, "strategy", QueryStrategy, "QueryStrategy")
     if s.loop.consistent_dropout is not None and "mc_probs" in strategy.requires:
@@ -62,8 +65,6 @@ def build_parts(s: Settings, job_dir: Path) -> Parts:
     oracle = _instance(s.oracle, "oracle", Oracle, "Oracle")
     hooks = [_instance(node, f"hooks.{name}", RoundHook, "RoundHook") for name, node in s.hooks.items()]
     fingerprint, accepted = config_fingerprints(s.raw)
-    run_dir, resuming = resolve_run_dir(s, Path(job_dir), accepted)
-    run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if resuming:
         state = PoolState.load(run_dir)

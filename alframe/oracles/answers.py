@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from alframe.oracles.base import LabelResult
+from alframe.rundir.lock import check_writer
 from alframe.rundir.state import atomic_write
 
 SKIP = "skip"
@@ -131,7 +132,9 @@ class AnswerStore:
         return len(skipped)
 
     def save(self) -> None:
-        """Write the file atomically."""
+        """Write the file atomically. Only the process that holds the run folder (its lock, taken
+        by the Experiment) writes from its copy; another holder alive: RunFolderBusy."""
+        check_writer(self.path.parent.parent)
         records = [{"index": i, **self.answers[i]} for i in self.order]
         records += self._kept_outside
         atomic_write_text(self.path, json.dumps({"round": self.round, "idx": self.idx, "answers": records},

@@ -49,7 +49,8 @@ def run_files_in(folder: Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(folder) / name).exists()]
 
 
-def resolve_run_dir(cfg: Settings | DictConfig, job_dir: Path, fingerprints: set[str]) -> tuple[Path, bool]:
+def resolve_run_dir(cfg: Settings | DictConfig, job_dir: Path, fingerprints: set[str],
+                    announce: bool = True) -> tuple[Path, bool]:
     """Where this job's state lives, and whether it resumes a saved state.
 
     - ``loop.resume=false``: ``job_dir``, which must not hold another run's files.
@@ -61,6 +62,7 @@ def resolve_run_dir(cfg: Settings | DictConfig, job_dir: Path, fingerprints: set
     Args:
         job_dir: the folder the command itself uses (Hydra's run dir or sweep job subfolder).
         fingerprints: config fingerprints a saved run may carry to count as this config.
+        announce: say so when ``loop.resume=true`` finds no run and starts a new one.
 
     Raises:
         ConfigError: ``job_dir`` holds a run's files and resuming is off, or ``loop.resume``
@@ -91,8 +93,9 @@ def resolve_run_dir(cfg: Settings | DictConfig, job_dir: Path, fingerprints: set
                               "but no pool state; nothing was changed. Move them away or use another folder")
         found = find_resumable(Path(cfg.paths.output_root), fingerprints)
         if found is None:
-            progress.console.print(f"[yellow]loop.resume=true: no saved run with this config in {job_dir} or "
-                                   f"under {cfg.paths.output_root}; starting a new run[/yellow]", soft_wrap=True)
+            if announce:
+                progress.console.print(f"[yellow]loop.resume=true: no saved run with this config in {job_dir} or "
+                                       f"under {cfg.paths.output_root}; starting a new run[/yellow]", soft_wrap=True)
             return job_dir, False
         return found, True
     path = Path(str(resume)).expanduser()
