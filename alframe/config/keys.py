@@ -17,7 +17,8 @@ What a key may be, group by group:
 - A node without a ``_target_`` inside those groups (``model`` itself): the keys that the
   shipped options of the group (``conf/<group>/*.yaml``) have at that place, which alframe reads,
   plus ``model.batch_size`` of :class:`~alframe.config.schema.ModelRanges`.
-- The top level: the groups, ``seed`` and ``smoke``.
+- ``hooks``: each entry a target node (a round hook), checked as above.
+- The top level: the groups, ``seed``, ``smoke`` and ``hooks``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: groups whose options are ``_target_`` configs (or hold them, as ``model`` does)
 TARGET_GROUPS = ("dataset", "model", "strategy", "oracle")
 #: top-level keys that are not groups
-TOP_KEYS = ("seed", "smoke", "hydra")
+TOP_KEYS = ("seed", "smoke", "hooks", "hydra")
 #: keys of Hydra's ``instantiate`` itself
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 
@@ -134,7 +135,7 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     bad: list[str] = []
     for key in (str(k) for k in cfg.keys()):
         if key not in (*SCHEMAS, *TARGET_GROUPS, *TOP_KEYS):
-            bad.append(_refusal(key, "", [*SCHEMAS, *TARGET_GROUPS, "seed", "smoke"]))
+            bad.append(_refusal(key, "", [*SCHEMAS, *TARGET_GROUPS, "seed", "smoke", "hooks"]))
     for group, schema in SCHEMAS.items():
         node = cfg._get_node(group) if group in cfg else None
         if not isinstance(node, DictConfig):
@@ -147,6 +148,13 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
         node = cfg._get_node(group) if group in cfg else None
         if isinstance(node, DictConfig):
             _check_node(node, group, bad)
+    hooks = cfg._get_node("hooks") if "hooks" in cfg else None
+    for name in (str(k) for k in hooks.keys()) if isinstance(hooks, DictConfig) else ():
+        node = hooks._get_node(name)  # each round hook is a target node, its keys its constructor's
+        if isinstance(node, DictConfig) and "_target_" in node:
+            _check_node(node, f"hooks.{name}", bad)
+        else:
+            bad.append(f"hooks.{name} is invalid: a round hook is a node with a _target_ (a RoundHook class)")
     return bad
 
 
