@@ -50,6 +50,13 @@ class TensorFeatureDataset(TensorImageDataset):
 
 def _load(path: Path, what: str):
     """``np.load`` without pickles; a broken or pickled file is one DatasetError line."""
+    with path.open("rb") as f:
+        head = f.read(6)
+    if head[:1] == b"\x80":
+        raise DatasetError(f"{what}={path} is a Python pickle, which alframe does not load (allow_pickle=False): "
+                           "save plain numeric arrays with np.save / np.savez")
+    if head != b"\x93NUMPY" and head[:4] != b"PK\x03\x04":
+        raise DatasetError(f"{what}={path} is not a readable .npy/.npz file (it starts with {head!r})")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:

@@ -142,23 +142,37 @@ def frozen_data(cfg: DictConfig, data: ALData, run_dir: Path, device: str | torc
     if backbone is None:
         backbone = build_backbone(spec, data.num_classes, data.input_shape, data.extras.get("mean"),
                                   data.extras.get("std"))
+    folder = Path(run_dir) / CACHE_DIR
+    (x_tr, y_tr), (x_te, y_te), fps = cached_features(backbone, data, folder, int(cfg.loop.eval_batch_size), device)
+    return feature_data(data.name, x_tr, data.targets if data.targets is not None else y_tr, x_te, y_te,
+                        data.val_idx, data.num_classes, data.class_names, bool(spec.get("standardize", True)),
+                        data.fingerprint, {**data.extras, "features": {"folder": str(folder), **fps}})
+
+
+def cached_features(backbone: FrozenBackbone, data: ALData, folder: Path, batch_size: int = 512,
+                    device: str | torch.device = "cpu"):
+    """The backbone's features of ``data.train`` and ``data.test``: read from ``folder/{train,test}.npz``
+    when their fingerprints match, else computed and written there (atomically).
+
+    Returns:
+        ``((x_train [N, D] float32, y_train [N] int64), (x_test [M, D], y_test [M]), fingerprints)``;
+        labels are those the datasets store (-1 unknown).
+
+    Raises:
+        StateMismatchError: a file in ``folder`` belongs to another backbone or other data.
+    """
     fps = {"backbone_fingerprint": backbone.fingerprint(), "data_fingerprint": data_fingerprint(data),
            "format": FORMAT}
-    folder = Path(run_dir) / CACHE_DIR
-    c = data.num_classes
+    folder, c = Path(folder), data.num_classes
     train = _read(folder / "train.npz", fps, len(data.train), c)
     test = _read(folder / "test.npz", fps, len(data.test), c)
     if train is None or test is None:
         t0 = time.perf_counter()
         with progress.status(f"features: {backbone.identity['arch']} over {len(data.train)} + {len(data.test)} "
                              "samples (once per run)"):
-            train, test = (extract(backbone, ds, int(cfg.loop.eval_batch_size), device)
-                           for ds in (data.train, data.test))
+            train, test = (extract(backbone, ds, batch_size, device) for ds in (data.train, data.test))
         _write(folder / "train.npz", *train, fps)
         _write(folder / "test.npz", *test, fps)
         progress.console.print(f"features: {train[0].shape[1]} per sample from {backbone.identity['arch']}, "
                                f"computed in {time.perf_counter() - t0:.1f} s, cached in {folder}", style="dim")
-    y_train = data.targets if data.targets is not None else train[1]
-    return feature_data(data.name, train[0], y_train, test[0], test[1], data.val_idx, c, data.class_names,
-                        bool(spec.get("standardize", True)), data.fingerprint,
-                        {**data.extras, "features": {"folder": str(folder), **fps}})
+    return train, test, fps
