@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -96,7 +97,7 @@ class FrozenBackbone(nn.Module):
     def fingerprint(self) -> str:
         """Hash of what the backbone computes: identity, preprocessing and every weight/buffer."""
         h = hashlib.sha1(json.dumps({**self.identity, "prep": asdict(self.prep),
-                                     "data_norm": None if self.data_norm is None else
+                                     "data_norm": None if self.data_norm is None or not self.prep.pixels else
                                      [t.flatten().tolist() for t in self.data_norm]},
                                     sort_keys=True, default=str).encode())
         for k, v in sorted(self.net.state_dict().items()):
@@ -126,7 +127,9 @@ def read_checkpoint(path: str | Path, what: str = "model.backbone.checkpoint") -
             scripted = any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
         if scripted:
             try:
-                return torch.jit.load(str(path), map_location="cpu")
+                with warnings.catch_warnings():  # torch 2.x: "torch.jit.load is deprecated"
+                    warnings.simplefilter("ignore", FutureWarning)
+                    return torch.jit.load(str(path), map_location="cpu")
             except Exception as e:  # noqa: BLE001 - torch raises many types; one line names it
                 raise ConfigError(f"{what}={path} is a broken TorchScript file ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from e

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def _read(path: Path, fps: dict[str, str], n: int, num_classes: int) -> tuple[np
             y = check_labels(z["y"] + 1, len(x), num_classes + 1, path, "feature cache") - 1  # -1 = unknown
     except StateMismatchError:
         raise
-    except (OSError, ValueError, KeyError, EOFError) as e:  # a torn or edited file: computed again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a torn or edited file: computed again
         progress.console.print(f"features: {path} is unreadable ({type(e).__name__}: {e}); computing it again")
         return None
     if len(x) != n:
