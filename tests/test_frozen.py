@@ -267,3 +267,21 @@ def test_embeddings_of_a_linear_head_are_the_cached_features(tmp_path, data):
     assert torch.equal(out.labelled_embeddings, feats.train.x[:10])
     hidden = trainer.build_net(compose(frozen("x", "model.net.hidden=32"), tmp_path), 10, feats.input_shape)
     assert compute_outputs(hidden, feats.train, idx, {"embeddings"}).embeddings.shape == (len(idx), 32)
+
+
+def test_alframe_features_writes_dataset_files_a_run_can_read(tmp_path, data, capsys):
+    from alframe.cli.features import main
+    from alframe.data.features import features
+
+    ckpt = small_cnn(tmp_path / "cnn.pt")
+    args = [str(tmp_path / "feats"), "model=frozen", "model.backbone.name=alframe.models.cnn.SmallCNN",
+            "model.backbone.weights=null", f"model.backbone.checkpoint={ckpt}"]
+    assert main(args) == 0
+    assert "train.npz: 1347 x 128" in capsys.readouterr().out
+    got = features(str(tmp_path / "feats" / "train.npz"), str(tmp_path / "feats" / "test.npz"), normalize=False)
+    cached = frozen_data(compose(frozen(ckpt, "model.backbone.standardize=false"), tmp_path), data, tmp_path / "run")
+    assert torch.equal(got.train.x, cached.train.x) and torch.equal(got.test.x, cached.test.x)
+    np.testing.assert_array_equal(got.targets, data.targets)
+    other = small_cnn(tmp_path / "other.pt", seed=5)
+    assert main([*args[:-1], f"model.backbone.checkpoint={other}"]) == 2  # the folder holds another backbone's
+    assert "computed for another backbone" in capsys.readouterr().err
