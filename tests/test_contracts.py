@@ -141,8 +141,11 @@ def drive_web(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Pat
     while oracle.session.request is None:
         t.join(0.02)
     client = oracle.app.test_client()
+    assert client.get(oracle.url).status_code == 303  # the printed token URL sets the cookie, as a browser
     for i in req.idx:
-        assert client.post("/api/label", json={"index": int(i), "label": int(truth[i])}).status_code == 200
+        version = client.get(oracle.base_url + "api/state").get_json()["version"]
+        assert client.post(oracle.base_url + "api/label", headers={"X-Requested-With": "alframe"},
+                           json={"index": int(i), "label": int(truth[i]), "version": version}).status_code == 200
     t.join(30)
     return out["r"]
 

@@ -73,8 +73,8 @@ def test_label_a_folder_in_the_browser_and_export_it(tmp_path):
             page.set_default_timeout(120_000)
             page.goto(url)
             for round, n in ((0, 6), (1, 4)):
-                page.wait_for_function("t => document.getElementById('progress-text').textContent.includes(t)",
-                                       arg=f"round {round}: sample 1 of {n}")
+                # selector waits: the page's CSP forbids the eval that wait_for_function polls with
+                page.locator("#progress-text", has_text=f"round {round}: sample 1 of {n}").wait_for()
                 for k in range(n):
                     page.wait_for_selector("#labelling:not([hidden]) #sample-image[data-index]")
                     i = int(page.get_attribute("#sample-image", "data-index"))
@@ -83,11 +83,10 @@ def test_label_a_folder_in_the_browser_and_export_it(tmp_path):
                     c = truth[f] if k % 3 else (truth[f] + 1) % 10
                     page.click(f"#classes button[data-class='{c}']")
                     clicked[f] = (CLASSES[c], round)
-                    page.wait_for_function(
-                        "prev => document.getElementById('labelling').hidden || "
-                        "document.getElementById('sample-image').dataset.index !== String(prev)", arg=i)
-            page.wait_for_function("['the experiment has finished', 'not reachable', 'waiting']"
-                                   ".some(t => document.getElementById('progress-text').textContent.includes(t))")
+                    page.wait_for_selector(f"#labelling[hidden], #sample-image:not([data-index='{i}'])",
+                                           state="attached")
+            page.locator(", ".join(f"#progress-text:has-text('{t}')" for t in
+                                   ("the experiment has finished", "not reachable", "waiting"))).first.wait_for()
         finally:
             browser.close()
     res = joined_result(thread, out, 300)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mlflow import MlflowClient
 from alframe.data.digits import digits
 from alframe.loop.experiment import Experiment
 from alframe.oracles import FilesOracle, LabelImportError, LabelRequest
+from alframe.oracles.files import CSV_COLUMNS
 from alframe.oracles.label_studio import LETTERS, hotkeys, labelling_config
 from alframe.rundir.state import PoolState
 
@@ -50,7 +50,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def write_csv(path, rows, fields=("index", "file", "suggested_label", "confidence", "label")):
+def write_csv(path, rows, fields=tuple(CSV_COLUMNS)):
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         w.writeheader()
@@ -109,8 +109,8 @@ def test_csv_rows_whose_file_and_index_disagree_are_refused(oracle, data, tmp_pa
     write_csv(path, rows)
     with pytest.raises(LabelImportError) as e:
         oracle.label(request())
-    assert "line 2 (index 3): file 'images/8.png' is not the image of this index (images/3.png)" in str(e.value)
-    assert "line 3 (index 8): file 'images/3.png' is not the image of this index (images/8.png)" in str(e.value)
+    assert "line 2 (index 3): has file 'images/8.png', not 'images/3.png' (the image of index 3)" in str(e.value)
+    assert "line 3 (index 8): has file 'images/3.png', not 'images/8.png' (the image of index 8)" in str(e.value)
     assert "2 problem(s)" in str(e.value)
 
 
@@ -134,14 +134,13 @@ def test_label_studio_json_and_json_min_round_trip(oracle, data, tmp_path):
     assert res.idx.tolist() == IDX.tolist()
     np.testing.assert_array_equal(res.labels, truth)  # the latest annotation wins, whatever the order
 
-    (d / "export.json").write_text(json.dumps(
-        [{"id": 7, "image": t["data"]["image"], "index": t["data"]["index"], "label": str(y)}
-         for t, y in zip(tasks, truth, strict=True)]))
+    (d / "export.json").write_text(json.dumps(  # JSON-MIN: the task's data flattened into each record
+        [{**t["data"], "id": 7, "label": str(y)} for t, y in zip(tasks, truth, strict=True)]))
     res = oracle.label(request())
     np.testing.assert_array_equal(res.labels, truth)
 
 
-def fill_and_import(oracle, tmp_path, mutate, fields=("index", "file", "suggested_label", "confidence", "label")):
+def fill_and_import(oracle, tmp_path, mutate, fields=tuple(CSV_COLUMNS)):
     oracle.label(request())
     path = tmp_path / "queries" / "round_2" / "labels.csv"
     rows = read_csv(path)
@@ -165,24 +164,23 @@ def test_csv_validation_errors_name_the_rows(oracle, tmp_path):
     assert "allowed classes: 0=0" in msg and "nothing was imported" in msg
 
 
-def test_csv_missing_extra_duplicate_empty_and_bad_index(oracle, tmp_path):
+def test_csv_missing_extra_duplicate_and_bad_index(oracle, tmp_path):
     def broken(rows):
         dup = dict(rows[0])
-        extra = dict(rows[0], index="999")
+        extra = dict(rows[0], index="999", file="images/999.png")
         bad = dict(rows[0], index="x1")
-        rows[2]["label"] = ""
+        rows[2]["label"] = ""  # not answered yet: pending, not an error
         return [rows[0], dup, rows[2], rows[3], extra, bad]  # index 8 missing
     msg = fill_and_import(oracle, tmp_path, broken)
     assert "line 3: duplicate row for index 3 (already on line 2)" in msg
-    assert "line 4 (index 15): the label is empty" in msg
     assert "line 6: index 999 was not queried in round 2 (extra row)" in msg
     assert "line 7: index 'x1' is not an integer" in msg
     assert "missing rows for indices [8]" in msg
-    assert "5 problem(s)" in msg
+    assert "4 problem(s)" in msg and "index 15" not in msg
 
 
 def test_csv_without_label_column(oracle, tmp_path):
-    msg = fill_and_import(oracle, tmp_path, lambda rows: rows, fields=("index", "file", "class"))
+    msg = fill_and_import(oracle, tmp_path, lambda rows: rows, fields=("index", "file", "class", "run"))
     assert "missing column(s) ['label']" in msg
 
 
@@ -195,18 +193,25 @@ def test_label_studio_errors(oracle, tmp_path):
     (d / "export.json").write_text(json.dumps({"tasks": []}))
     with pytest.raises(LabelImportError, match="JSON list of tasks"):
         oracle.label(request())
-    tasks = [{"id": 11, "data": {"index": 3}, "annotations": [{"result": [{"value": {"choices": ["dog"]}}]}]},
-             {"id": 12, "data": {"index": 8}, "annotations": []},
-             {"id": 13, "data": {"index": 8}, "annotations": [{"result": [{"value": {"choices": ["1"]}}]}]},
-             {"id": 14, "data": {"index": 15}, "annotations": [{"result": [{"value": {"choices": ["1"]}}]}]}]
+    data = {t["data"]["index"]: t["data"] for t in json.loads((d / "label_studio_tasks.json").read_text())}
+
+    def ann(*choices):
+        return [{"result": [{"value": {"choices": list(choices)}}]}]
+
+    tasks = [{"id": 11, "data": data[3], "annotations": ann("dog")},
+             {"id": 12, "data": data[8], "annotations": []},
+             {"id": 13, "data": data[8], "annotations": ann("1")},
+             {"id": 14, "data": data[15], "annotations": [{"result": []}]},
+             {"id": 15, "data": data[42], "annotations": ann("1", "2")}]
     (d / "export.json").write_text(json.dumps(tasks))
     with pytest.raises(LabelImportError) as e:
         oracle.label(request())
     msg = str(e.value)
     assert "task 1 (id 11) (index 3): unknown class 'dog'" in msg
-    assert "task 2 (id 12) (index 8): the label is empty" in msg
     assert "task 3 (id 13): duplicate row for index 8 (already on task 2 (id 12))" in msg
-    assert "missing rows for indices [42]" in msg
+    assert "task 4 (id 14) (index 15): has a submitted annotation with no choice (not a skip)" in msg
+    assert "task 5 (id 15) (index 42): has an annotation with 2 choices ['1', '2']: one class per task" in msg
+    assert "4 problem(s)" in msg
 
 
 @pytest.mark.usefixtures("store")  # a copied, initialised MLflow store
@@ -263,11 +268,22 @@ def test_files_oracle_through_the_loop(tmp_path):
 # --------------------------------------------------------------------------- real Label Studio exports
 
 
+def stamped(name, run):
+    """The real export ``name`` with ``run`` as its tasks' ``data.run``: what Label Studio exports
+    for tasks alframe writes now (task data is exported as imported; JSON-MIN flattens it into
+    each record). The fixtures were made from tasks without a run id."""
+    records = json.loads((LS_DIR / name).read_text())
+    for rec in records:
+        (rec["data"] if "data" in rec else rec)["run"] = run
+    return records
+
+
 def import_export(oracle, tmp_path, name, round, idx, labelled=None):
-    """Import the real export ``name`` as ``export.json`` of round ``round``'s folder."""
+    """Import the real export ``name`` (stamped with the oracle's run id) as ``export.json`` of
+    round ``round``'s folder."""
     d = tmp_path / "queries" / f"round_{round}"
     d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(LS_DIR / name, d / "export.json")
+    (d / "export.json").write_text(json.dumps(stamped(name, oracle.run_id)))
     return oracle.label(LabelRequest(round=round, idx=np.array(sorted(idx)), labelled=labelled))
 
 
@@ -288,18 +304,22 @@ def test_real_export_one_annotation_per_task(oracle, tmp_path, fmt, capsys):
 
 @pytest.mark.parametrize("fmt", ["JSON", "JSON_MIN"])
 def test_real_export_with_skip_relabel_and_edit(oracle, tmp_path, fmt, capsys):
-    """24: Skip button (cancelled annotation; JSON-MIN leaves the task out); 57: labelled 1 then
-    again 9; 101: labelled 2, then edited to 8."""
+    """24: Skip button (cancelled annotation; JSON-MIN leaves the task out, so there 24 looks
+    not labelled yet and stays pending); 57: labelled 1 then again 9; 101: labelled 2, then
+    edited to 8."""
     res = import_export(oracle, tmp_path, f"edge_{fmt}.json", 0, ROUND0)
     want = {i: y for i, y in ROUND0.items() if i != 24}
-    assert as_dict(res) == want and res.info["skipped"] == 1.0
+    assert as_dict(res) == want
     assert 24 not in res.idx.tolist()
     out = capsys.readouterr().out
-    assert "1 skipped, back to the pool: indices [24]" in out
     if fmt == "JSON_MIN":
+        assert res.pending and res.info["skipped"] == 0.0
         assert "1 with several annotations (the latest by updated_at was used)" in out
-        assert "without a record in the JSON-MIN export" in out
+        assert "9 of 10 labelled; 1 still pending: indices [24]" in out
+        assert "export JSON to have the skips counted" in out
     else:
+        assert not res.pending and res.info["skipped"] == 1.0
+        assert "1 skipped, back to the pool: indices [24]" in out
         assert "1 with several annotations" in out  # 57; the edit of 101 is one annotation
 
 
@@ -310,7 +330,7 @@ def test_real_export_of_a_project_reused_across_rounds(oracle, tmp_path, fmt, ca
         labelled[i] = y
     res = import_export(oracle, tmp_path, f"p1_all_{fmt}.json", 1, ROUND1, labelled=labelled)
     assert as_dict(res) == ROUND1 and res.info["skipped"] == 0.0
-    assert "10 row(s) of samples labelled in earlier rounds ignored (same label)" in capsys.readouterr().out
+    assert "10 row(s) of samples labelled earlier ignored (same label)" in capsys.readouterr().out
 
     # A different label for a sample labelled earlier: an error naming the index and both labels.
     labelled[24] = 5
@@ -323,14 +343,14 @@ def test_real_export_of_a_project_reused_across_rounds(oracle, tmp_path, fmt, ca
     with pytest.raises(LabelImportError) as e:
         import_export(oracle, tmp_path, f"p1_all_{fmt}.json", 1, ROUND1, labelled=np.full(1797, -1))
     msg = str(e.value)
-    assert "10 problem(s)" in msg and "index 24 was not queried in round 1 (extra row)" in msg
+    assert "10 problem(s)" in msg and "index 24 was not queried in round 0 (extra row)" in msg
 
 
 def test_reused_project_skip_then_queried_again(oracle, tmp_path):
     """24 was skipped in round 0 (still skipped: ignored) and queried again in round 2, where its
     new task is the one read; labelling it in its old task instead is refused."""
     oracle.write_batch(LabelRequest(round=0, idx=np.array(sorted(ROUND0))))
-    edge = json.loads((LS_DIR / "edge_JSON.json").read_text())
+    edge = stamped("edge_JSON.json", oracle.run_id)
     labelled = np.full(1797, -1, dtype=np.int64)
     for i, y in ROUND0.items():
         if i != 24:
@@ -353,17 +373,15 @@ def test_reused_project_skip_then_queried_again(oracle, tmp_path):
         oracle.label(LabelRequest(round=2, idx=np.array([821]), labelled=labelled))
 
 
-def test_json_task_without_annotation_is_reported_not_skipped(oracle, tmp_path):
-    tasks = json.loads((LS_DIR / "p1_export_JSON.json").read_text())
+def test_json_task_without_annotation_stays_pending(oracle, tmp_path, capsys):
+    tasks = stamped("p1_export_JSON.json", oracle.run_id)
     tasks[0]["annotations"] = []  # exported with "all tasks": never labelled
     d = tmp_path / "queries" / "round_0"
     d.mkdir(parents=True)
     (d / "export.json").write_text(json.dumps(tasks[:-1]))  # and the last task not exported
-    with pytest.raises(LabelImportError) as e:
-        oracle.label(LabelRequest(round=0, idx=np.array(sorted(ROUND0))))
-    msg = str(e.value)
-    assert "task 1 (id 1) (index 24): the label is empty; the task has no annotation yet" in msg
-    assert "missing rows for indices [1140]" in msg and "2 problem(s)" in msg
+    res = oracle.label(LabelRequest(round=0, idx=np.array(sorted(ROUND0))))
+    assert res.pending and as_dict(res) == {i: y for i, y in ROUND0.items() if i not in (24, 1140)}
+    assert "8 of 10 labelled; 2 still pending: indices [24, 1140]" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- labelling config
@@ -374,6 +392,7 @@ def test_hotkeys_are_the_class_numbers_up_to_ten_classes(oracle):
     root = ET.fromstring((oracle.round_dir(2) / "label_studio_config.xml").read_text())
     choices = [(c.get("value"), c.get("hotkey")) for c in root.iter("Choice")]
     assert choices == [(str(k), str(k)) for k in range(10)]  # pressing 3 labels "3"
+    assert next(root.iter("Choices")).get("required") == "true"  # no submit without a choice
     assert hotkeys(3) == ["0", "1", "2"]
 
 
@@ -402,7 +421,8 @@ def test_round_readme_and_message_give_the_label_studio_steps(oracle, tmp_path, 
     assert "Skip" in text and "latest answer (by\n    updated_at)" in text and "one project for all rounds" in text
     assert "3=3 [key 3]" in text
     tasks = json.loads((d / "label_studio_tasks.json").read_text())
-    assert tasks[0]["data"]["round"] == 2
+    assert tasks[0]["data"]["round"] == 2 and tasks[0]["data"]["run"] == oracle.run_id
+    assert f"This run's id: {oracle.run_id}." in text
     assert tasks[0]["data"]["image"] == "/data/local-files/?d=" + str(d / "images" / "3.png").lstrip("/")
     out = capsys.readouterr().out.replace("\n", " ")
     assert str(d / "README.txt") in out and "section 'Label Studio'" in out
@@ -420,7 +440,8 @@ def test_real_exports_through_the_loop(tmp_path):
     assert res.status == "pending"
     d0 = res.run_dir / "queries" / "round_0"
     assert sorted(int(r["index"]) for r in read_csv(d0 / "labels.csv")) == sorted(ROUND0)
-    shutil.copy(LS_DIR / "edge_JSON.json", d0 / "export.json")
+    run = (res.run_dir / "queries" / "run_id.txt").read_text().strip()
+    (d0 / "export.json").write_text(json.dumps(stamped("edge_JSON.json", run)))
     resume = [*over, "loop.resume=true"]
     res2 = Experiment(compose(resume, tmp_path), tmp_path / "job2").run()
     assert res2.status == "pending" and res2.run_id == res.run_id
@@ -432,7 +453,7 @@ def test_real_exports_through_the_loop(tmp_path):
     tasks = json.loads((d1 / "label_studio_tasks.json").read_text())
     new = [{**t["data"], "id": 100 + k, "label": str(y[t["data"]["index"]]), "annotation_id": 200 + k,
             "updated_at": "2026-11-30T10:00:00.000000Z"} for k, t in enumerate(tasks)]
-    old = json.loads((LS_DIR / "edge_JSON_MIN.json").read_text())
+    old = stamped("edge_JSON_MIN.json", run)
     (d1 / "export.json").write_text(json.dumps(old + new))
     res3 = Experiment(compose(resume, tmp_path), tmp_path / "job3").run()
     assert res3.status == "finished" and res3.run_id == res.run_id

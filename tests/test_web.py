@@ -1,10 +1,14 @@
 """The web oracle's HTTP API: answers saved at once, bad requests refused with 4xx and a
-message, nothing stored for them; restart continues; binds to localhost only."""
+message, nothing stored for them; restart continues; binds to localhost only. The page is
+driven as the person's browser does: the printed token URL first (it sets the cookie), then
+JSON writes with ``X-Requested-With`` and the state's version (attacks: test_web_adversary.py)."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import threading
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -30,6 +34,37 @@ def oracle(data, tmp_path):
     o.close()
 
 
+class Page:
+    """The labelling page as the person's browser uses it (Flask test client, no socket).
+
+    Opening the printed URL (``oracle.url``) trades the token for the session cookie; then
+    every request goes to ``oracle.base_url`` with the cookie, and writes send JSON, the
+    ``X-Requested-With`` header and (unless given) the version of the current state.
+    """
+
+    def __init__(self, oracle):
+        self.client, self.base = oracle.app.test_client(), oracle.base_url
+        r = self.client.get(oracle.url)
+        assert r.status_code == 303 and r.headers["Location"] == "/", r.data
+
+    def get(self, path: str):
+        return self.client.get(self.base + path.lstrip("/"))
+
+    def state(self) -> dict:
+        return self.get("/api/state").get_json()
+
+    def image_url(self, index: int) -> str:
+        return next(it["image"] for it in self.state()["items"] if it["index"] == index)
+
+    def post(self, path: str, json: dict | None = None, **raw):
+        """POST ``json`` (plus the current version unless it names one), or ``raw`` (``data=...,
+        content_type=...``) as it is."""
+        if not raw:
+            json = {} if json is None else json
+            raw = {"json": json if "version" in json else {**json, "version": self.state()["version"]}}
+        return self.client.post(self.base + path.lstrip("/"), headers={"X-Requested-With": "alframe"}, **raw)
+
+
 def answers_on_disk(tmp_path, round=1):
     path = tmp_path / "answers" / f"round_{round}.json"
     return {a["index"]: a["label"] for a in json.loads(path.read_text())["answers"]} if path.exists() else {}
@@ -49,16 +84,17 @@ def start(oracle, round=1):
 
 
 def test_label_skip_undo_and_result(oracle, tmp_path):
-    client = oracle.app.test_client()
-    assert client.get("/api/state").get_json()["status"] == "waiting"
+    client = Page(oracle)
+    assert client.state()["status"] == "waiting"
     t, out = start(oracle)
-    s = client.get("/api/state").get_json()
+    s = client.state()
     assert s["status"] == "labelling" and s["round"] == 1 and s["current"] == 4
     assert s["progress"] == {"done": 0, "total": 3}
     assert [it["suggested"] for it in s["items"]] == [2, 3, 4]
     assert s["items"][0]["confidence"] == pytest.approx(0.9)
-    png = client.get("/api/image/4")
+    png = client.get(s["items"][0]["image"])
     assert png.status_code == 200 and png.data[:4] == b"\x89PNG"
+    assert png.headers["Cache-Control"] == "no-store"
 
     r = client.post("/api/label", json={"index": 4, "label": "2"})
     assert r.status_code == 200 and r.get_json()["current"] == 10
@@ -73,39 +109,50 @@ def test_label_skip_undo_and_result(oracle, tmp_path):
     res = out["result"]
     assert not res.pending and res.idx.tolist() == [4, 10] and res.labels.tolist() == [2, 7]
     assert res.info["skipped"] == 1.0 and len(res.seconds) == 2
-    assert client.get("/api/state").get_json()["status"] == "waiting"  # training next round
+    assert client.state()["status"] == "waiting"  # training next round
 
 
 def test_bad_requests_are_refused_and_store_nothing(oracle, tmp_path, data):
-    client = oracle.app.test_client()
-    # No batch yet.
+    client = Page(oracle)
+    # No batch yet: 409 with the current state.
     r = client.post("/api/label", json={"index": 4, "label": "1"})
     assert r.status_code == 409 and "no batch" in r.get_json()["error"]
+    assert r.get_json()["state"]["status"] == "waiting"
     t, out = start(oracle)
     cases = [
-        ({"index": 999999, "label": "1"}, 404, "unknown sample index 999999"),
-        ({"index": -1, "label": "1"}, 404, "unknown sample index -1"),
-        ({"index": "abc", "label": "1"}, 400, "'index' must be an integer"),
-        ({"index": 2.5, "label": "1"}, 400, "'index' must be an integer"),
-        ({"label": "1"}, 400, "'index' must be an integer"),
-        ({"index": 5, "label": "1"}, 409, "sample 5 is not in the current batch"),
-        ({"index": 4, "label": "cat"}, 400, "unknown class 'cat'"),
-        ({"index": 4, "label": 10}, 400, "unknown class '10'"),
-        ({"index": 4, "label": None}, 400, "'label' must be a class name or number"),
-        ({"index": 4}, 400, "missing 'label'"),
+        ({"index": 999999, "label": "1"}, "unknown sample index 999999"),
+        ({"index": -1, "label": "1"}, "'index' must be a non-negative JSON integer"),
+        ({"index": "abc", "label": "1"}, "'index' must be a non-negative JSON integer"),
+        ({"index": "4", "label": "1"}, "'index' must be a non-negative JSON integer"),
+        ({"index": 2.5, "label": "1"}, "'index' must be a non-negative JSON integer"),
+        ({"index": 4.0, "label": "1"}, "'index' must be a non-negative JSON integer"),
+        ({"label": "1"}, "missing 'index'"),
+        ({"index": 5, "label": "1"}, "sample 5 is not in the current batch"),
+        ({"index": 4, "label": "cat"}, "unknown class 'cat'"),
+        ({"index": 4, "label": 10}, "unknown class '10'"),
+        ({"index": 4, "label": None}, "'label' must be a class name or number"),
+        ({"index": 4}, "missing 'label'"),
+        ({"index": 4, "label": "1", "version": "0"}, "'version' must be a non-negative JSON integer"),
+        ({"index": 4, "label": "1", "note": 1}, "unexpected field 'note'"),
     ]
-    for body, status, text in cases:
+    for body, text in cases:
         r = client.post("/api/label", json=body)
-        assert r.status_code == status, body
+        assert r.status_code == 400, body
         assert text in r.get_json()["error"], (body, r.get_json())
-    r = client.post("/api/label", data="not json", content_type="text/plain")
+    r = client.post("/api/label", data="not json", content_type="application/json")
     assert r.status_code == 400 and "JSON object" in r.get_json()["error"]
+    r = client.post("/api/label", data="not json", content_type="text/plain")
+    assert r.status_code == 415 and "application/json" in r.get_json()["error"]
     r = client.post("/api/skip", json={"index": 5})
-    assert r.status_code == 409
-    assert client.get("/api/image/5").status_code == 409
-    assert client.get("/api/image/99999").status_code == 404
+    assert r.status_code == 400
+    run_id = oracle.session.run_id
+    assert client.get(f"/api/image/{run_id}/1/5").status_code == 404  # not in the batch
+    assert client.get(f"/api/image/{run_id}/1/99999").status_code == 404
+    assert client.get(f"/api/image/{run_id}/0/4").status_code == 404  # another round
+    assert client.get(f"/api/image/{run_id}/1/abc").status_code == 400
+    assert client.get(f"/api/image/{run_id}/1/4").status_code == 200
     assert answers_on_disk(tmp_path) == {}
-    assert client.get("/api/state").get_json()["progress"]["done"] == 0
+    assert client.state()["progress"]["done"] == 0
     for i, y in zip(IDX, (1, 1, 1), strict=True):
         assert client.post("/api/label", json={"index": int(i), "label": y}).status_code == 200
     t.join(5)
@@ -116,15 +163,15 @@ def test_restart_continues_where_the_person_stopped(data, tmp_path):
     first = WebOracle(port=0)
     first.setup(data, tmp_path)
     t, _ = start(first)
-    first.app.test_client().post("/api/label", json={"index": 4, "label": 6})
+    assert Page(first).post("/api/label", json={"index": 4, "label": 6}).status_code == 200
     first.close()  # the process stops; label() keeps waiting in its daemon thread
     second = WebOracle(port=0)
     second.setup(data, tmp_path)
     try:
         t2, out = start(second)
-        s = second.app.test_client().get("/api/state").get_json()
+        c = Page(second)
+        s = c.state()
         assert s["current"] == 10 and s["progress"]["done"] == 1 and s["items"][0]["answer"] == 6
-        c = second.app.test_client()
         c.post("/api/label", json={"index": 10, "label": 0})
         c.post("/api/label", json={"index": 17, "label": "9"})
         t2.join(5)
@@ -137,16 +184,24 @@ def test_real_socket_on_localhost_and_timeout(data, tmp_path):
     o = WebOracle(port=0, timeout_s=0.5)
     o.setup(data, tmp_path)
     try:
-        assert o.url.startswith("http://127.0.0.1:")
+        assert o.url == f"{o.base_url}?token={o.token}" and len(o.token) >= 40
+        assert o.base_url == f"http://127.0.0.1:{o.server.server_port}/"
         assert o.server.server_address[0] == "127.0.0.1"
-        page = urllib.request.urlopen(o.url, timeout=5).read().decode()
+        with pytest.raises(urllib.error.HTTPError) as e:  # no cookie yet
+            urllib.request.urlopen(o.base_url, timeout=5)
+        assert e.value.code == 403
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with browser.open(o.url, timeout=5) as r:  # 303 to / with the cookie set
+            assert r.url == o.base_url
+            page = r.read().decode()
         assert "alframe labelling" in page and "/static/app.js" in page
-        js = urllib.request.urlopen(o.url + "static/app.js", timeout=5).read().decode()
-        assert "/api/label" in js
-        req = urllib.request.Request(o.url + "api/label", data=b'{"index": 1, "label": "x"}',
-                                     headers={"Content-Type": "application/json"}, method="POST")
+        js = browser.open(o.base_url + "static/app.js", timeout=5).read().decode()
+        assert "/api/label" in js and "X-Requested-With" in js and "version" in js
+        req = urllib.request.Request(o.base_url + "api/label", data=b'{"index": 1, "label": "1", "version": 0}',
+                                     headers={"Content-Type": "application/json", "X-Requested-With": "alframe"},
+                                     method="POST")
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req, timeout=5)
+            browser.open(req, timeout=5)
         assert e.value.code == 409
         res = o.label(LabelRequest(round=0, idx=IDX))  # nobody answers: pending after 0.5 s
         assert res.pending and len(res.idx) == 0

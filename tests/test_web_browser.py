@@ -1,15 +1,23 @@
 """End to end in a real headless Chromium: a person labels two rounds of the digits experiment
 on the web page, by clicking and by keyboard, reloads midway, skips and undoes; every label
-reaches the pool state and the run finishes.
+reaches the pool state and the run finishes. A second test has a hostile page on another site
+(``http://localhost:<other port>``) post forms and fetches and frame the page, and a second tab
+answer first: nothing but the person's answers is stored.
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``; ``.ci/run`` installs it) and the
 ``playwright`` Python package (dev extra). Playwright's own browser download is never used.
+
+The page's Content-Security-Policy forbids eval, which ``page.wait_for_function`` polls with:
+waits here are selector-based (``wait_for_selector``, ``locator(..., has_text=...).wait_for``).
 """
 
 from __future__ import annotations
 
+import http.server
 import json
+import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +33,8 @@ from playwright import sync_api  # noqa: E402
 
 from alframe.data.digits import digits  # noqa: E402
 from alframe.loop.experiment import Experiment  # noqa: E402
+from alframe.oracles.base import LabelRequest  # noqa: E402
+from alframe.oracles.web import WebOracle  # noqa: E402
 from alframe.rundir.state import PoolState  # noqa: E402
 
 from .conftest import compose  # noqa: E402
@@ -54,23 +64,25 @@ def test_label_two_rounds_in_headless_chromium(tmp_path):
         try:
             page = browser.new_page()
             page.set_default_timeout(60_000)
-            page.goto(url)
+            page.goto(url)  # the token URL: sets the session cookie, redirects to the page
+            assert page.url == exp.oracle.base_url
+
+            def shows(selector: str, text: str | re.Pattern, timeout: float | None = None) -> None:
+                page.locator(selector, has_text=text).wait_for(timeout=timeout)
 
             def current() -> int:
                 page.wait_for_selector("#labelling:not([hidden]) #sample-image[data-index]")
                 return int(page.get_attribute("#sample-image", "data-index"))
 
             def moved_from(prev: int) -> None:
-                page.wait_for_function(
-                    "prev => document.getElementById('labelling').hidden || "
-                    "document.getElementById('sample-image').dataset.index !== String(prev)", arg=prev)
+                page.wait_for_selector(f"#labelling[hidden], #sample-image:not([data-index='{prev}'])",
+                                       state="attached")
 
             # ---- round 0: no suggestions; 3 by clicking, reload, 3 by keyboard
-            page.wait_for_function("document.getElementById('progress-text').textContent"
-                                   ".includes('round 0: sample 1 of 6')")
+            shows("#progress-text", "round 0: sample 1 of 6")
             assert "No suggestion" in page.text_content("#suggestion")
             page.keyboard.press("Enter")  # nothing selected: refused with a message, nothing stored
-            page.wait_for_function("document.getElementById('message').textContent.includes('no class selected')")
+            shows("#message", "no class selected")
             for _ in range(3):
                 i = current()
                 page.click(f"#classes button[data-class='{y[i]}']")
@@ -89,8 +101,7 @@ def test_label_two_rounds_in_headless_chromium(tmp_path):
                 moved_from(i)
 
             # ---- round 1: the loop trains, then the page shows the new batch by itself
-            page.wait_for_function("document.getElementById('progress-text').textContent"
-                                   ".includes('round 1: sample 1 of 4')", timeout=120_000)
+            shows("#progress-text", "round 1: sample 1 of 4", timeout=120_000)
             state = page.evaluate("fetch('/api/state').then(r => r.json())")
             suggested = {it["index"]: it["suggested"] for it in state["items"]}
             assert all(s is not None for s in suggested.values())
@@ -104,8 +115,7 @@ def test_label_two_rounds_in_headless_chromium(tmp_path):
             moved_from(i)
             assert on_disk(exp.run_dir, 1).get(i) == "skip"
             page.click("#undo")
-            page.wait_for_function("i => document.getElementById('sample-image').dataset.index === String(i)",
-                                   arg=i)
+            page.wait_for_selector(f"#sample-image[data-index='{i}']", state="attached")
             assert i not in on_disk(exp.run_dir, 1)
             page.click(f"#classes button[data-class='{(y[i] + 1) % 10}']")  # the person may disagree
             given[i] = int((y[i] + 1) % 10)
@@ -119,8 +129,7 @@ def test_label_two_rounds_in_headless_chromium(tmp_path):
             page.click("#skip")
             skipped.add(i)
             moved_from(i)
-            page.wait_for_function("['the experiment has finished', 'not reachable', 'waiting']"
-                                   ".some(t => document.getElementById('progress-text').textContent.includes(t))")
+            shows("#progress-text", re.compile("the experiment has finished|not reachable|waiting"))
         finally:
             browser.close()
 
@@ -132,3 +141,104 @@ def test_label_two_rounds_in_headless_chromium(tmp_path):
     assert labelled == given
     assert all(state.pool_mask[i] for i in skipped)
     assert sorted(int(i) for i in np.flatnonzero(state.labelled_round == 0)) == sorted(list(given)[:6])
+
+
+EVIL = """<!doctype html><title>cute cats</title>
+<form id="undo" method="POST" action="{target}api/undo" enctype="text/plain">
+  <input name='{{"version": {version}, "x": "' value='"}}'></form>
+<script>
+  const body = JSON.stringify({{index: 10, label: 1, version: {version}}});
+  Promise.allSettled([
+    fetch("{target}api/label", {{method: "POST", mode: "no-cors", credentials: "include",
+                                 headers: {{"Content-Type": "text/plain"}}, body}}),
+    fetch("{target}api/label", {{method: "POST", credentials: "include",
+                                 headers: {{"Content-Type": "application/json", "X-Requested-With": "x"}}, body}}),
+  ]).then(() => undo.submit());
+</script>"""
+FRAMING = """<!doctype html><title>cute cats</title><iframe src="{target}"></iframe>"""
+
+
+def test_hostile_site_and_a_second_tab_change_nothing(tmp_path):
+    data = digits()
+    y = data.targets
+    oracle = WebOracle(port=0)
+    oracle.setup(data, tmp_path)
+    out: dict = {}
+    req = LabelRequest(round=1, idx=np.array([4, 10, 17]), predicted=np.array([2, 3, 4]),
+                       confidence=np.array([0.9, 0.6, 0.3]))
+    thread = threading.Thread(target=lambda: out.setdefault("result", oracle.label(req)), daemon=True)
+    thread.start()
+    pages: dict[str, bytes] = {}  # the hostile site's pages by path
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path in pages else 404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(pages.get(self.path, b""))
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    given: dict[int, object] = {}
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                context = browser.new_context()
+                page = context.new_page()
+                page.set_default_timeout(60_000)
+                page.goto(oracle.url)
+                assert page.url == oracle.base_url
+                cookies = context.cookies()
+                assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == \
+                    [(f"alframe-{oracle.server.server_port}", True, "Strict")]
+                page.wait_for_selector("#sample-image[data-index='4']", state="attached")
+                page.click(f"#classes button[data-class='{y[4]}']")
+                given[4] = int(y[4])
+                page.wait_for_selector("#sample-image[data-index='10']", state="attached")
+                assert on_disk(tmp_path, 1) == given
+                version = oracle.session.version
+
+                # Another site, same browser (the cookie is in the jar): forms, fetches and a frame.
+                site = f"http://localhost:{evil.server_address[1]}"  # another site than 127.0.0.1
+                pages["/"] = EVIL.format(target=oracle.base_url, version=version).encode()
+                pages["/frame"] = FRAMING.format(target=oracle.base_url).encode()
+                attacker = context.new_page()
+                attacker.goto(f"{site}/")
+                attacker.wait_for_url(f"{oracle.base_url}api/undo")  # the form was sent and refused
+                assert '"error"' in attacker.content() and "not authorised" in attacker.content()
+                assert on_disk(tmp_path, 1) == given and oracle.session.version == version
+                attacker.goto(f"{site}/frame", wait_until="load")
+                frame = next(f for f in attacker.frames if f != attacker.main_frame)
+                assert frame.url.startswith("chrome-error:") and "alframe" not in frame.content()  # not framed
+                attacker.close()
+                assert on_disk(tmp_path, 1) == given and oracle.session.version == version
+
+                # A second tab answers 10 first; the first tab's answer to 10 gets 409 and it
+                # shows the current sample (17) instead.
+                tab2 = context.new_page()
+                tab2.goto(oracle.base_url)
+                tab2.wait_for_selector("#sample-image[data-index='10']", state="attached")
+                tab2.keyboard.press(str(y[10]))
+                given[10] = int(y[10])
+                tab2.wait_for_selector("#sample-image[data-index='17']", state="attached")
+                page.keyboard.press(str((y[10] + 1) % 10))
+                page.locator("#message", has_text="out of date").wait_for()
+                page.wait_for_selector("#sample-image[data-index='17']", state="attached")
+                assert on_disk(tmp_path, 1) == given
+                page.keyboard.press("s")  # the first tab goes on from the current state
+                given[17] = "skip"
+                page.locator("#progress-text", has_text="all 3 answered").wait_for()
+            finally:
+                browser.close()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert on_disk(tmp_path, 1) == given
+        res = out["result"]
+        assert res.idx.tolist() == [4, 10] and res.labels.tolist() == [y[4], y[10]] and res.info["skipped"] == 1
+    finally:
+        evil.shutdown()
+        oracle.close()

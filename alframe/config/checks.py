@@ -88,7 +88,8 @@ def validate_loop_options(cfg: DictConfig, has_val: bool, dataset_name: str) -> 
 
 
 def validate_protocol(cfg: DictConfig) -> None:
-    """Check the protocol keys of ``trainer`` before any training.
+    """Check the protocol keys of ``trainer`` before any training (after :func:`~alframe.config.schema.check_ranges`, which
+    checks their types and ranges).
 
     Raises:
         ConfigError: naming the key, the bad value and what is allowed.
@@ -96,15 +97,11 @@ def validate_protocol(cfg: DictConfig) -> None:
     protocol = _get(cfg, "trainer.protocol", "epochs")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"trainer.protocol={protocol!r} is invalid: must be one of {list(PROTOCOLS)}")
-    for key in ("trainer.steps_per_round", "trainer.epoch_samples"):
-        v = _get(cfg, key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ConfigError(f"{key}={v!r} is invalid: must be an integer >= 1 or null")
     if _get(cfg, "trainer.steps_per_round") is not None and _get(cfg, "trainer.epoch_samples") is not None:
         raise ConfigError("trainer.steps_per_round and trainer.epoch_samples are both set: a round is either a "
                           "fixed number of steps or epochs of epoch_samples samples; set one of them to null")
     c = _get(cfg, "trainer.weight_decay_per_label")
-    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0):
+    if c is not None and not math.isfinite(c):  # its type and range: check_ranges (schema)
         raise ConfigError(f"trainer.weight_decay_per_label={c!r} is invalid: must be a number >= 0 or null")
     if c is not None and not list(_get(cfg, "trainer.weight_decay_params") or []):
         raise ConfigError("trainer.weight_decay_per_label is set but trainer.weight_decay_params is empty: list "

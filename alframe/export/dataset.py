@@ -118,15 +118,22 @@ def entries(run: LoadedRun, accept_above: float | None = None, batch_size: int =
 
 
 def write_csv(rows: Sequence[Entry], class_names: Sequence[str], out: Path) -> Path:
-    """``out/labels.csv`` with :data:`CSV_COLUMNS`; returns its path."""
+    """``out/labels.csv`` (UTF-8) with :data:`CSV_COLUMNS`; returns its path.
+
+    A cell a spreadsheet would run as a formula (a class or file name starting with ``= + - @``,
+    a tab or a carriage return) is written with a leading ``'`` (OWASP's rule against CSV
+    injection; :func:`alframe.oracles.importing.from_spreadsheet` undoes it)."""
+    from alframe.spreadsheet import spreadsheet_safe
+
     out.mkdir(parents=True, exist_ok=True)
     path = out / CSV_NAME
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for e in rows:
-            w.writerow([e.file, class_names[e.label] if e.label >= 0 else "", e.source,
-                        "" if e.confidence is None else f"{e.confidence:.6f}", "" if e.round is None else e.round])
+            w.writerow([spreadsheet_safe(c) for c in (
+                e.file, class_names[e.label] if e.label >= 0 else "", e.source,
+                "" if e.confidence is None else f"{e.confidence:.6f}", "" if e.round is None else e.round)])
     return path
 
 

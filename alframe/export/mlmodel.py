@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from alframe.data.base import ALData
 from alframe.models.base import ALNet
+
+if TYPE_CHECKING:  # the checked settings (alframe.config.settings) or a composed config
+    from alframe.config.settings import Settings
 
 PREPROCESSING_FILE = "preprocessing.json"
 MODEL_DIR = "model"  # local copy in the run folder and the artifact path in MLflow
@@ -146,7 +150,7 @@ def predict_pixels(net: ALNet, prep: Preprocessing, pixels: torch.Tensor | np.nd
     return torch.cat(out_c).numpy().astype(np.int64), torch.cat(out_p).numpy().astype(np.float32)
 
 
-def write_preprocessing(run_dir: Path, cfg: DictConfig, data: ALData) -> Path:
+def write_preprocessing(run_dir: Path, cfg: Settings | DictConfig, data: ALData) -> Path:
     """Save ``run_dir/preprocessing.json`` (see :class:`Preprocessing`); returns its path."""
     return Preprocessing.from_data(data, cfg.dataset).save(Path(run_dir) / PREPROCESSING_FILE)
 
@@ -205,7 +209,7 @@ def _quiet_mlflow():
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
-def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALNet) -> Path:
+def save_mlflow_model(path: Path, cfg: Settings | DictConfig, prep: Preprocessing, net: ALNet) -> Path:
     """Write ``net`` as an MLflow pyfunc model folder at ``path`` (replaced if it exists).
 
     Returns:
@@ -216,7 +220,6 @@ def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALN
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    import alframe
 
     path = Path(path)
     if path.exists():
@@ -233,7 +236,7 @@ def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALN
         mlflow.pyfunc.save_model(
             str(path), python_model=AlframeClassifier(),
             artifacts={"weights": str(weights), "net_config": str(net_cfg), "preprocessing": str(prep_path)},
-            code_paths=[str(Path(alframe.__file__).parent)], signature=signature,
+            code_paths=[str(Path(__file__).resolve().parents[1])], signature=signature,  # the alframe package
             input_example=np.zeros((1, *prep.input_shape), dtype=np.float32),
             # explicit requirements: MLflow would otherwise infer them in a slow subprocess
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
@@ -245,7 +248,7 @@ def save_mlflow_model(path: Path, cfg: DictConfig, prep: Preprocessing, net: ALN
     return path
 
 
-def log_model(tracker, run_dir: Path, cfg: DictConfig, data: ALData, net: ALNet,
+def log_model(tracker, run_dir: Path, cfg: Settings | DictConfig, data: ALData, net: ALNet,
               artifact_path: str = MODEL_DIR) -> str:
     """Save the model into ``run_dir/<artifact_path>`` and log it as artifacts of the tracker's run.
 

@@ -1,7 +1,6 @@
 """The active-learning round loop.
 
 One round::
-
     fit a fresh model on the labelled set (Lightning Trainer)
     evaluate on the fixed test set -> log metrics at step = number of labels
     save state; stop if the rounds or the budget are spent, the pool is empty or a hook says so
@@ -10,9 +9,8 @@ One round::
 
 Round 0 trains on the initial labelled set. ``loop.rounds`` counts the query rounds after it.
 Randomness of round ``r`` is seeded from ``(seed, r)`` (:mod:`alframe.training.seeds`), so a
-resumed run repeats exactly what an uninterrupted one would have done. Per-round extras
-(pseudo-labels, stopping rules, machine-label evidence, model logging) are round hooks
-(:mod:`alframe.loop.hooks`).
+resumed run repeats exactly what an uninterrupted one would have done. Per-round extras are
+round hooks (:mod:`alframe.loop.hooks`).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from alframe import faults, progress
@@ -61,13 +60,15 @@ class Experiment:
     def __init__(self, cfg: DictConfig | Settings, job_dir: Path, sweep_id: str | None = None):
         s = cfg if isinstance(cfg, Settings) else settings_of(cfg)
         quiet_lightning()
+        if s.trainer.get("threads") is not None:  # results depend on it: logged as the run's `threads` tag
+            torch.set_num_threads(int(s.trainer.threads))
         self.settings, self.cfg, self.sweep_id = s, s.raw, sweep_id
         parts = build_parts(s, job_dir)
         self.data, self.strategy, self.oracle, self.hooks = parts.data, parts.strategy, parts.oracle, parts.hooks
         self.run_dir, self.resuming, self.state = parts.run_dir, parts.resuming, parts.state
-        check_training_setup(s.raw, self.data, self.strategy, self.run_dir)
-        self.device = device_of(s.raw)
-        self.spread = scoring_spread(s.raw, self.run_dir)  # trainer.devices=N > 1: sharded scoring
+        check_training_setup(s, self.data, self.strategy, self.run_dir)
+        self.device = device_of(s)
+        self.spread = scoring_spread(s, self.run_dir)  # trainer.devices=N > 1: sharded scoring
         self.session = OracleSession(self.oracle, self.data, self.state, self._save, self.device)
         self.run_ctx = Run(s, self.data, self.state, self.run_dir, self.device)
         for hook in self.hooks:
@@ -149,7 +150,7 @@ class Experiment:
         pseudo = None if not pseudo else tuple(np.concatenate(part) for part in zip(*pseudo, strict=True))
         with progress.status(f"round {r}: training on {n} labels"):
             t0 = time.perf_counter()
-            net = fit(self.cfg, self.data, state, r, self.run_dir, pseudo=pseudo)
+            net = fit(self.settings, self.data, state, r, self.run_dir, pseudo=pseudo)
             train_s = time.perf_counter() - t0
             sets = [self.data.test] + ([self.data.validation_set()] if len(self.data.val_idx) else [])
             test, *val = evaluate_many(net, sets, self.settings.loop.eval_batch_size, self.device, self.spread)
@@ -159,8 +160,7 @@ class Experiment:
 
     def _train_and_log(self, r: int, tracker: Tracker, table: progress.RoundTable,
                        prev: ALNet | None = None) -> ALNet:
-        """Train round ``r``'s model, evaluate, run the hooks' round end, log it all at step =
-        number of labels in one request, and save."""
+        """Train and evaluate round ``r``, run the hooks' round end, log it all in one request, save."""
         net, row = self._train(r, prev)
         extra: dict[str, float] = {}
         for hook in self.hooks:  # stop_kappa, machine-label evidence, the round's model
@@ -203,7 +203,7 @@ class Experiment:
 
     # ------------------------------------------------------------------ run folder and MLflow
     def _load_net(self) -> ALNet | None:
-        return load_net(self.cfg, self.data, self.run_dir)
+        return load_net(self.settings, self.data, self.run_dir)
 
     def _save(self) -> None:
         self.state.save(self.run_dir)

@@ -153,13 +153,13 @@ class ModelLogging(RoundHook):
     ``mlflow.log_model_every_round=true``, and the final one when ``mlflow.log_model`` is on."""
 
     def setup(self, run):
-        write_preprocessing(run.run_dir, run.settings.raw, run.data)
+        write_preprocessing(run.run_dir, run.settings, run.data)
 
     def on_round_end(self, run, round, net, tracker):
         if run.settings.mlflow.log_model_every_round:
-            log_model(tracker, run.run_dir, run.settings.raw, run.data, net, f"models/round_{round}")
+            log_model(tracker, run.run_dir, run.settings, run.data, net, f"models/round_{round}")
         return {}
 
     def on_finish(self, run, net, tracker):
         if net is not None and run.settings.mlflow.log_model:
-            log_model(tracker, run.run_dir, run.settings.raw, run.data, net, MODEL_DIR)
+            log_model(tracker, run.run_dir, run.settings, run.data, net, MODEL_DIR)

@@ -111,9 +111,11 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
                               labelled_idx=state.labelled_idx,
                               # consistent MC dropout: one mask per MC sample for the whole pool
                               mask_seed=score_seed if strategy.consistent_dropout else None)
+    outputs.n_labelled = state.n_labelled  # the labelled-set size, for budget-dependent strategies
     score_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     chosen = np.asarray(strategy.query(outputs, k, rng), dtype=np.int64)
     query_s = time.perf_counter() - t0
     check_query(chosen, candidates, state, k, strategy.name)
-    return chosen, {"score_seconds": score_s, "query_seconds": query_s}
+    # what the strategy chose by (e.g. ProbCover's radius and purity): logged with the timings
+    return chosen, {"score_seconds": score_s, "query_seconds": query_s, **getattr(strategy, "last_info", {})}

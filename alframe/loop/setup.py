@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from alframe.config.fingerprint import config_fingerprints
@@ -24,6 +25,7 @@ from alframe.tracking.run import Tracker, start_run
 from alframe.tracking.store import tracking_uri_of
 from alframe.training.frozen import frozen_data
 from alframe.training.trainer import device_of
+from alframe.version import __version__, source_commit
 
 
 @dataclass
@@ -56,11 +58,14 @@ def build_parts(s: Settings, job_dir: Path) -> Parts:
     data = load_data(s.dataset)
     strategy = _instance(s.strategy, "strategy", QueryStrategy, "QueryStrategy")
     if s.loop.consistent_dropout is not None and "mc_probs" in strategy.requires:
-        strategy.consistent_dropout = s.loop.consistent_dropout  # one mask mode for a comparison
+        try:  # one mask mode for a comparison
+            strategy.consistent_dropout = s.loop.consistent_dropout
+        except ValueError as e:  # a strategy that needs one mode (EPIG: consistent masks)
+            raise ConfigError(f"loop.consistent_dropout={s.loop.consistent_dropout}: {e}") from None
     oracle = _instance(s.oracle, "oracle", Oracle, "Oracle")
     hooks = [_instance(node, f"hooks.{name}", RoundHook, "RoundHook") for name, node in s.hooks.items()]
     fingerprint, accepted = config_fingerprints(s.raw)
-    run_dir, resuming = resolve_run_dir(s.raw, Path(job_dir), accepted)
+    run_dir, resuming = resolve_run_dir(s, Path(job_dir), accepted)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if resuming:
@@ -92,7 +97,8 @@ def start_tracking(s: Settings, progress: RunProgress, strategy: str, dataset: s
     """
     uri = progress.tracking_uri or tracking_uri_of(s)  # a resumed run stays in its store
     tags = {"strategy": strategy, "dataset": dataset, "model": s.model.name, "seed": s.seed, "oracle": oracle,
-            "run_dir": str(run_dir), **({"sweep_id": sweep_id} if sweep_id else {}),
+            "run_dir": str(run_dir), "threads": torch.get_num_threads(), "alframe.version": __version__,
+            **({"alframe.commit": source_commit()} if source_commit() else {}), **({"sweep_id": sweep_id} if sweep_id else {}),
             **({"alframe.smoke": "true"} if s.smoke else {})}
     tracker = start_run(uri, s.mlflow.experiment_name, progress.run_id, s.mlflow.run_name, tags,
                         OmegaConf.to_container(s.raw, resolve=True), run_dir)

@@ -121,6 +121,15 @@ class AnswerStore:
         self.save()
         return i
 
+    def drop_skips(self) -> int:
+        """Forget the skips of this batch (they are asked again) and save; returns how many."""
+        skipped = [i for i in self.order if self.answers[i]["label"] == SKIP]
+        for i in skipped:
+            self.order.remove(i)
+            del self.answers[i]
+        self.save()
+        return len(skipped)
+
     def save(self) -> None:
         """Write the file atomically."""
         records = [{"index": i, **self.answers[i]} for i in self.order]

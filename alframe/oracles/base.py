@@ -79,6 +79,15 @@ class Oracle:
     def close(self) -> None:
         """Release resources (servers, files); called when the run ends or stops."""
 
+    def reopen(self, round: int, idx: np.ndarray) -> None:
+        """Ask round ``round``'s batch ``idx`` again: called when every sample of a batch that
+        must bring at least one label (the first, with an empty labelled set) was skipped. The
+        default forgets the skips a person gave in the page or terminal (``answers/``)."""
+        from alframe.oracles.answers import AnswerStore
+
+        if getattr(self, "run_dir", None) is not None:
+            AnswerStore(self.run_dir, round, idx).drop_skips()
+
 
 def parse_label(value: str | int, class_names: list[str]) -> int:
     """A class given by a person or a file, as a class number in ``[0, C)``.

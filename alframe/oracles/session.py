@@ -78,6 +78,12 @@ class OracleSession:
         pending.received += int(len(result.idx))
         if result.seconds is not None:
             pending.seconds += [float(t) for t in result.seconds]
+        if not result.pending and len(idx) and self.state.n_labelled == 0:  # never train on nothing
+            progress.console.print(f"Every sample of round {round} was skipped, and the first round needs at least "
+                                   "one label: it stays pending. Continue with loop.resume=true and label at least "
+                                   "one sample.", style="yellow")
+            self.oracle.reopen(round, idx)
+            result.pending = True
         if result.pending:
             pending.idx = [int(i) for i in idx if self.state.labelled_round[i] < 0]
             self.save()

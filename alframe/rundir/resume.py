@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from alframe import progress
 from alframe.errors import ConfigError
 from alframe.rundir.state import META_FILE, PoolState
+
+if TYPE_CHECKING:  # the checked settings (alframe.config.settings) or a composed config
+    from alframe.config.settings import Settings
 
 
 def saved_fingerprint(run_dir: Path) -> str | None:
@@ -45,7 +49,7 @@ def run_files_in(folder: Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(folder) / name).exists()]
 
 
-def resolve_run_dir(cfg: DictConfig, job_dir: Path, fingerprints: set[str]) -> tuple[Path, bool]:
+def resolve_run_dir(cfg: Settings | DictConfig, job_dir: Path, fingerprints: set[str]) -> tuple[Path, bool]:
     """Where this job's state lives, and whether it resumes a saved state.
 
     - ``loop.resume=false``: ``job_dir``, which must not hold another run's files.

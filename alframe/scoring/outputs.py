@@ -22,6 +22,8 @@ class ModelOutputs:
         mc_probs: ``[M, T, C] float32`` or None.
         embeddings: ``[M, D] float32`` or None.
         labelled_embeddings: ``[L, D] float32`` or None.
+        n_labelled: number of labelled samples (the budget spent) when the pool was scored, or
+            None when not known; filled by the loop for every strategy (not a requirement).
     """
 
     idx: np.ndarray
@@ -29,6 +31,7 @@ class ModelOutputs:
     mc_probs: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
     labelled_embeddings: torch.Tensor | None = None
+    n_labelled: int | None = None
 
     def __len__(self) -> int:
         return len(self.idx)

@@ -21,6 +21,10 @@ class QueryStrategy:
         consistent_dropout: MC strategies only: score the pool with one dropout mask per MC
             sample shared by all points, seeded by the round (``compute_outputs(mask_seed=...)``).
 
+    Instance attribute (optional): ``last_info: dict[str, float]``, numbers about the last
+    :meth:`query` for the loop to log (e.g. ProbCover's ``probcover_delta``); read it with
+    ``getattr(strategy, "last_info", {})``.
+
     Args:
         name: display name (logged as the ``strategy`` tag); defaults to the class name.
     """

@@ -241,6 +241,7 @@ def start_run(tracking_uri: str, experiment_name: str, run_id: str | None, run_n
 def write_queries_csv(path: Path, state, class_names: list[str], files: list[str] | None = None) -> None:
     """``queries.csv``: one row per label received (round, index, label, class_name and, for
     folder datasets, ``file``), ordered by round then index; round 0 is the initial labelled set.
+    Names that a spreadsheet would run as a formula are escaped (:mod:`alframe.spreadsheet`).
     A readable copy of the saved state: replaced atomically, not fsynced (the next save rewrites it).
 
     Args:
@@ -254,6 +255,7 @@ def write_queries_csv(path: Path, state, class_names: list[str], files: list[str
     import numpy as np
 
     from alframe.rundir.state import atomic_write
+    from alframe.spreadsheet import spreadsheet_safe
 
     idx = state.labelled_idx
     order = np.lexsort((idx, state.labelled_round[idx]))
@@ -262,7 +264,8 @@ def write_queries_csv(path: Path, state, class_names: list[str], files: list[str
     w.writerow(["round", "index", "label", "class_name"] + (["file"] if files is not None else []))
     for i in idx[order]:
         y = int(state.labels[i])
-        w.writerow([int(state.labelled_round[i]), int(i), y, class_names[y]] + ([files[i]] if files is not None else []))
+        w.writerow([int(state.labelled_round[i]), int(i), y, spreadsheet_safe(class_names[y])]
+                   + ([spreadsheet_safe(files[i])] if files is not None else []))
     atomic_write(Path(path), lambda f: f.write(buf.getvalue().encode("utf-8")), durable=False)
 
 

@@ -27,6 +27,7 @@ import fnmatch
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -34,6 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from alframe.errors import ConfigError
+
+if TYPE_CHECKING:  # the checked settings (alframe.config.settings) or a composed config
+    from alframe.config.settings import Settings
 
 
 class FixedLengthSampler(Sampler[int]):
@@ -68,16 +72,18 @@ class FixedLengthSampler(Sampler[int]):
         return max(self.length, self.n)
 
 
-def _get(cfg: DictConfig, key: str, default=None):
-    return OmegaConf.select(cfg, key, default=default)
+def _get(cfg, key: str, default=None):
+    """``trainer.<key>`` of a config or of :class:`~alframe.config.settings.Settings` (both hold the
+    ``trainer`` node), or ``default``."""
+    return OmegaConf.select(cfg.trainer, key.removeprefix("trainer."), default=default)
 
 
-def uses_validation(cfg: DictConfig) -> bool:
+def uses_validation(cfg: Settings | DictConfig) -> bool:
     """True when a round's training needs the validation split (early stopping or restore_best)."""
     return _get(cfg, "trainer.early_stopping_patience") is not None or bool(_get(cfg, "trainer.restore_best", False))
 
 
-def train_loader(cfg: DictConfig, train_ds: Dataset, batch_size: int, seed: int) -> DataLoader | None:
+def train_loader(cfg: Settings | DictConfig, train_ds: Dataset, batch_size: int, seed: int) -> DataLoader | None:
     """The labelled-set loader of the ``batchbald2019`` protocol (``trainer.epoch_samples`` set),
     or None for the default loader (one pass per epoch, near-equal batches)."""
     length = _get(cfg, "trainer.epoch_samples")
@@ -90,7 +96,7 @@ def train_loader(cfg: DictConfig, train_ds: Dataset, batch_size: int, seed: int)
                       collate_fn=_collate_batched)
 
 
-def trainer_kwargs(cfg: DictConfig) -> dict:
+def trainer_kwargs(cfg: Settings | DictConfig) -> dict:
     """Trainer arguments the protocol sets: ``max_steps`` (and no epoch limit) for ``steps``."""
     steps = _get(cfg, "trainer.steps_per_round")
     if steps is None:
@@ -98,7 +104,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     return {"max_steps": int(steps), "max_epochs": -1, "min_epochs": None}
 
 
-def callbacks(cfg: DictConfig, run_dir: Path, round: int, use_val: bool) -> list[pl.Callback]:
+def callbacks(cfg: Settings | DictConfig, run_dir: Path, round: int, use_val: bool) -> list[pl.Callback]:
     """``ModelCheckpoint`` keeping the best ``val_accuracy`` epoch's weights when
     ``trainer.restore_best`` (in ``<run_dir>/checkpoints``, removed by :func:`restore_best`).
 
@@ -144,7 +150,7 @@ def scaled_weight_decay(c: float, n_labelled: int) -> float:
     return 2.0 * float(c) / max(int(n_labelled), 1)
 
 
-def optimizer_factory(cfg: DictConfig, base: Callable[..., torch.optim.Optimizer], net: torch.nn.Module,
+def optimizer_factory(cfg: Settings | DictConfig, base: Callable[..., torch.optim.Optimizer], net: torch.nn.Module,
                       n_labelled: int) -> Callable[..., torch.optim.Optimizer]:
     """The optimiser factory for this round: ``base`` itself, or, with
     ``trainer.weight_decay_per_label`` set, ``base`` over two parameter groups: the parameters

@@ -9,6 +9,7 @@ uninterrupted one would have done.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
@@ -27,9 +28,12 @@ from alframe.scoring.spread import spawn_sharing
 from alframe.training import protocols
 from alframe.training.seeds import round_seed
 
+if TYPE_CHECKING:  # the checked settings (alframe.config.settings) or a composed config
+    from alframe.config.settings import Settings
+
 MODEL_FILE = "last_model.pt"
 #: keys of the ``trainer`` group that alframe reads itself; the rest go to pytorch_lightning.Trainer
-ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "protocol", "steps_per_round", "epoch_samples",
+ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "threads", "protocol", "steps_per_round", "epoch_samples",
                         "restore_best", "weight_decay_per_label", "weight_decay_params")
 
 
@@ -37,7 +41,7 @@ ALFRAME_TRAINER_KEYS = ("early_stopping_patience", "extra", "protocol", "steps_p
 
 
 
-def build_net(cfg: DictConfig, num_classes: int, input_shape: tuple[int, ...]) -> ALNet:
+def build_net(cfg: Settings | DictConfig, num_classes: int, input_shape: tuple[int, ...]) -> ALNet:
     """A fresh network from ``cfg.model.net``.
 
     Args:
@@ -56,7 +60,7 @@ def build_net(cfg: DictConfig, num_classes: int, input_shape: tuple[int, ...]) -
     return net
 
 
-def build_module(cfg: DictConfig, net: ALNet, n_train: int = 1) -> pl.LightningModule:
+def build_module(cfg: Settings | DictConfig, net: ALNet, n_train: int = 1) -> pl.LightningModule:
     """The LightningModule of ``model.module`` (default: :class:`~alframe.models.lightning.ALClassifier`)
     around ``net``, with ``model.optimizer`` (weight decay scaled by the protocol for
     ``n_train`` training samples, :func:`alframe.training.protocols.optimizer_factory`) and ``model.scheduler``.
@@ -75,7 +79,7 @@ def build_module(cfg: DictConfig, net: ALNet, n_train: int = 1) -> pl.LightningM
     return module
 
 
-def needs_automatic_optimization(cfg: DictConfig) -> bool:
+def needs_automatic_optimization(cfg: Settings | DictConfig) -> bool:
     """True when a Trainer argument works only with Lightning's automatic optimisation
     (``trainer.extra.gradient_clip_val``, ``trainer.extra.accumulate_grad_batches`` > 1);
     :class:`~alframe.models.lightning.ALClassifier` otherwise steps its optimiser itself."""
@@ -83,7 +87,7 @@ def needs_automatic_optimization(cfg: DictConfig) -> bool:
     return extra.get("gradient_clip_val") is not None or int(extra.get("accumulate_grad_batches") or 1) != 1
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, round: int = 0) -> pl.Trainer:
+def build_trainer(cfg: Settings | DictConfig, run_dir: Path, has_val: bool, round: int = 0) -> pl.Trainer:
     """The round's ``pytorch_lightning.Trainer`` from the ``trainer`` group (``_target_``):
     no logger, progress bar or model summary; early stopping on ``val_accuracy`` when
     ``trainer.early_stopping_patience`` is set and there is a validation split; the training
@@ -143,7 +147,7 @@ def relaunches_command(trainer: pl.Trainer) -> bool:
     return isinstance(launcher, _SubprocessScriptLauncher) and int(trainer.num_devices) > 1
 
 
-def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path) -> None:
+def check_training_setup(cfg: Settings | DictConfig, data: ALData, strategy, run_dir: Path) -> None:
     """Build what training and scoring will build (network, optimiser, scheduler, Trainer), so a
     bad value is a ConfigError before any labelling. (Augmentations are built when the data
     loads; one that fails only on an image shows when training starts.)
@@ -169,7 +173,7 @@ def check_training_setup(cfg: DictConfig, data: ALData, strategy, run_dir: Path)
     build_trainer(cfg, run_dir, len(data.val_idx) > 0)
 
 
-def scoring_spread(cfg: DictConfig, run_dir: Path):
+def scoring_spread(cfg: Settings | DictConfig, run_dir: Path):
     """The :class:`~alframe.scoring.spread.Spread` that shards pool scoring and test evaluation over
     the Trainer's devices when ``trainer.devices`` gives more than one, else None (one device,
     :func:`device_of`)."""
@@ -182,7 +186,7 @@ def scoring_spread(cfg: DictConfig, run_dir: Path):
                   devices=OmegaConf.to_container(cfg.trainer, resolve=True)["devices"])
 
 
-def device_of(cfg: DictConfig) -> torch.device:
+def device_of(cfg: Settings | DictConfig) -> torch.device:
     """The torch device for scoring and evaluation, matching ``trainer.accelerator``."""
     acc = str(cfg.trainer.accelerator)
     if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
@@ -192,7 +196,7 @@ def device_of(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def fit(cfg: DictConfig, data: ALData, state: PoolState, round: int, run_dir: Path,
+def fit(cfg: Settings | DictConfig, data: ALData, state: PoolState, round: int, run_dir: Path,
         pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> ALNet:
     """Train a fresh network on the labelled set of ``state`` (labels from the oracle only).
 
@@ -244,7 +248,7 @@ def save_net(net: ALNet, run_dir: Path) -> None:
     atomic_write(Path(run_dir) / MODEL_FILE, lambda f: torch.save(net.state_dict(), f))
 
 
-def load_net(cfg: DictConfig, data: ALData, run_dir: Path) -> ALNet | None:
+def load_net(cfg: Settings | DictConfig, data: ALData, run_dir: Path) -> ALNet | None:
     """The last saved model of ``run_dir`` (eval mode), or None when none was saved."""
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():

@@ -1,5 +1,8 @@
 // alframe labelling page: shows the current batch one sample at a time; every answer is
 // POSTed at once and saved by the server before it replies.
+// The session cookie (HttpOnly, set by the printed ?token= URL) goes with every request; writes
+// send JSON, the X-Requested-With header and the version of the state they were based on. A 409
+// (another tab or the run changed the batch) brings the current state, which is shown at once.
 "use strict";
 
 let state = null;      // last /api/state reply
@@ -11,12 +14,24 @@ const $ = (id) => document.getElementById(id);
 
 function message(text) { $("message").textContent = text || ""; }
 
+class HttpError extends Error {
+  constructor(status, data) {
+    super(data.error || `HTTP ${status}`);
+    this.status = status;
+    this.state = data.state || null;  // 409: the current state
+  }
+}
+
 async function call(method, path, body) {
-  const opts = { method, headers: { "Content-Type": "application/json" } };
-  if (body !== undefined) opts.body = JSON.stringify(body);
+  const opts = { method, credentials: "same-origin", cache: "no-store",
+                 headers: { "X-Requested-With": "alframe" } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
   const res = await fetch(path, opts);
   const data = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  if (!res.ok) throw new HttpError(res.status, data);
   return data;
 }
 
@@ -56,7 +71,7 @@ function render(s) {
     shownIndex = item.index;
     selected = item.suggested;
     const img = $("sample-image");
-    img.src = `/api/image/${item.index}`;
+    img.src = item.image;
     img.dataset.index = item.index;
     $("sample-index").textContent = `#${item.index}`;
   }
@@ -84,14 +99,24 @@ function render(s) {
 
 async function refresh() {
   try { render(await call("GET", "/api/state")); }
-  catch (e) { $("progress-text").textContent = "the labelling server is not reachable (the run stopped or finished)"; }
+  catch (e) {
+    $("progress-text").textContent = e instanceof HttpError && e.status === 403
+      ? "not authorised: open the link with ?token=... that the run printed"
+      : "the labelling server is not reachable (the run stopped or finished)";
+  }
 }
 
 async function post(path, body) {
-  if (busy) return;
+  if (busy || !state) return;
   busy = true;
-  try { render(await call("POST", path, body)); message(""); }
-  catch (e) { message(e.message); }
+  try { render(await call("POST", path, { ...body, version: state.version })); message(""); }
+  catch (e) {
+    if (e instanceof HttpError && e.state) {  // stale page: show what the server has now
+      shownIndex = null;
+      render(e.state);
+    }
+    message(e.message);
+  }
   finally { busy = false; }
 }
 
@@ -105,7 +130,7 @@ function skip() {
 
 function undo() {
   shownIndex = null;  // show the undone sample with its suggestion again
-  post("/api/undo");
+  post("/api/undo", {});
 }
 
 $("accept").addEventListener("click", () => {
