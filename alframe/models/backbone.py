@@ -209,7 +209,7 @@ def _torchvision_weights(name: str, weights: str):
         hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
         raise ConfigError(
             f"model.backbone: torchvision's {member} could not be fetched from {member.url} ({type(e).__name__}: "
-            f"{str(e)[:200]}); download it on a machine with internet to {hub}, or pass the file as "
+            f"{' '.join(str(e).split())[:200]}); download it on a machine with internet to {hub}, or pass the file as "
             f"model.backbone.checkpoint with model.backbone.weights=null") from e
 
 
