@@ -163,6 +163,14 @@ def test_cache_is_written_once_and_reused_on_resume(run, tmp_path, forwards):
     assert forwards == [2]  # the dry run only: the features came from the cache
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     assert second.history[-1]["test_accuracy"] > 0.3  # a random CNN's features still beat chance (0.1)
+    from alframe.export.runfolder import load_run
+
+    forwards.clear()
+    loaded = load_run(second.run_dir, need_model=True)  # alframe-export / -predict read the run's features
+    assert forwards == [2] and loaded.data.input_shape == (128,)
+    with torch.no_grad():
+        acc = (loaded.net(loaded.data.test.x).argmax(1) == loaded.data.test.y).float().mean().item()
+    assert acc == pytest.approx(second.history[-1]["test_accuracy"], abs=1e-6)
 
 
 def test_foreign_or_torn_cache_is_never_used(tmp_path, data, forwards):
