@@ -154,6 +154,17 @@ def write_svhn(root: Path, n_train: int = 100, n_test: int = 40) -> dict:
     return {"x_train": x[:n_train], "y_train": y[:n_train], "x_test": x[n_train:], "y_test": y[n_train:]}
 
 
+def write_features(root: Path, n_train: int = 300) -> list[str]:
+    """``dataset=features`` files: the 64 pixel values of real digits as features, ``train.npz`` and
+    ``test.npz`` (``x``, ``y``); returns the overrides that point at them."""
+    d = load_digits()
+    x, y = d.data.astype(np.float32), d.target.astype(np.int64)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "train.npz", x=x[:n_train], y=y[:n_train])
+    np.savez(root / "test.npz", x=x[n_train:n_train + 100], y=y[n_train:n_train + 100])
+    return [f"dataset.train={root / 'train.npz'}", f"dataset.test={root / 'test.npz'}"]
+
+
 def compose_shared(overrides: list[str], out: Path, store: Path):
     """Like ``conftest.compose`` but with the MLflow store ``store`` shared across a module's
     runs (creating a SQLite store runs MLflow's migrations, several seconds each time)."""

@@ -29,7 +29,15 @@ from alframe.oracles.base import LabelRequest, LabelResult, Oracle
 from alframe.training.trainer import build_module, build_net
 
 from .conftest import CONFIG_DIR, compose
-from .helpers import fill_labels, write_cifar, write_folder, write_mnist_like, write_svhn, write_unlabelled
+from .helpers import (
+    fill_labels,
+    write_cifar,
+    write_features,
+    write_folder,
+    write_mnist_like,
+    write_svhn,
+    write_unlabelled,
+)
 
 
 def options(group: str) -> list[str]:
@@ -58,6 +66,7 @@ WRITERS = {
                                   [f"dataset.root={root}", "dataset.image_size=16", "dataset.val_size=3"])[1],
     "unlabelled_folder": lambda root: (write_unlabelled(root), [f"dataset.root={root}", "dataset.image_size=16",
                                                                "dataset.classes=[cat,dog,fish]"])[1],
+    "features": write_features,
 }
 
 
@@ -70,7 +79,7 @@ def test_dataset_config_composes_and_loads(name, tmp_path):
     from alframe.data.base import load_data
 
     overrides = [f"dataset={name}", *WRITERS[name](tmp_path / "data")]
-    if name not in ("digits", "image_folder", "unlabelled_folder"):  # torchvision formats: what is on disk
+    if name not in ("digits", "image_folder", "unlabelled_folder", "features"):  # torchvision formats: what is on disk
         overrides += ["dataset.download=false", "dataset.val_size=10"]
     if name.startswith(("cifar", "svhn")):
         overrides.append("dataset.verify_checksums=false")  # tiny files, not the official release

@@ -15,7 +15,7 @@ from alframe.models.base import ALNet, mc_dropout
 from alframe.scoring.pool import compute_outputs
 
 from .conftest import REPO
-from .helpers import compose_shared, shared_store, write_cifar, write_folder, write_mnist_like
+from .helpers import compose_shared, shared_store, write_cifar, write_features, write_folder, write_mnist_like
 
 
 @pytest.fixture
@@ -33,6 +33,9 @@ INTENDED = {
     "lenet5": ((1, 28, 28), 10, 84, True),
     "image_classifier": ((3, 64, 64), 3, 512, True),
     "resnet18": ((3, 32, 32), 10, 512, True),
+    # heads on feature vectors: the embedding of a linear head is its input
+    "head": ((64,), 10, 64, True),
+    "frozen": ((512,), 10, 512, True),  # ResNet-18's 512 features
 }
 
 
@@ -128,6 +131,13 @@ def test_batchbald_cnn_matches_their_layout():
 def tiny_data_overrides(name: str, tmp_path: Path) -> list[str]:
     """A tiny real dataset at the model's intended input size, loaded through the config."""
     shape = INTENDED[name][0]
+    if name == "frozen":  # a torchvision backbone (random: nothing to download) over tiny MNIST, once
+        write_mnist_like(tmp_path / "data", n_train=150, n_test=60)
+        return ["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+                "dataset.val_size=20", "model.backbone.weights=null", "trainer=head"]
+    if shape == (64,):
+        return ["dataset=features", "dataset.val_size=20", "trainer=head",
+                *write_features(tmp_path / "features", n_train=150)]
     if shape == (1, 28, 28):
         write_mnist_like(tmp_path / "data", n_train=150, n_test=60)
         return ["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",

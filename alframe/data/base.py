@@ -54,11 +54,18 @@ class TensorImageDataset(Dataset):
 
     def __getitems__(self, idx: Sequence[int]):
         t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        return [(self.x[t], self.y[t])]
+        return [Stacked((self.x[t], self.y[t]))]
+
+
+class Stacked(tuple):
+    """One batch a dataset's ``__getitems__`` already stacked: ``(x [B, ...], y [B])`` (images or
+    feature vectors); :func:`_collate_batched` passes it through."""
 
 
 def _collate_batched(batch):
     """Collate for datasets with ``__getitems__`` returning one pre-stacked batch."""
+    if len(batch) == 1 and isinstance(batch[0], Stacked):
+        return tuple(batch[0])
     if len(batch) == 1 and isinstance(batch[0], tuple) and isinstance(batch[0][0], torch.Tensor) \
             and batch[0][0].ndim == 4:
         return batch[0]
@@ -97,7 +104,7 @@ class LabelledView(Dataset):
     def __getitems__(self, js: Sequence[int]):
         if self.transform is None and hasattr(self.base, "get_batch"):
             js = np.asarray(js, dtype=np.int64)
-            return [(self.base.get_batch(self.idx[js]), self.labels[torch.as_tensor(js)])]
+            return [Stacked((self.base.get_batch(self.idx[js]), self.labels[torch.as_tensor(js)]))]
         return [self[j] for j in js]
 
 

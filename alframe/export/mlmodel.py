@@ -67,6 +67,8 @@ class Preprocessing:
         """The record of ``data`` (mean/std from ``data.extras``; crop from ``dataset.crop``)."""
         crop = True if dataset_cfg is None else bool(dataset_cfg.get("crop", True))
         pixel_range = "[0, 1] = value / 16" if data.name == "digits" else "[0, 1] = pixel / 255"
+        if len(data.input_shape) == 1:  # dataset=features, model.backbone: feature vectors, standardised here
+            pixel_range = "feature vectors as in the dataset's files (before standardisation)"
         mean, std = data.extras.get("mean"), data.extras.get("std")
         return cls(class_names=[str(c) for c in data.class_names], input_shape=tuple(int(v) for v in data.input_shape),
                    mean=None if mean is None else [float(v) for v in mean],
@@ -94,14 +96,15 @@ class Preprocessing:
         Raises:
             ValueError: ``x`` is not ``[N, C, H, W]`` with the record's ``input_shape``.
         """
-        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(f"images must be [N, {', '.join(map(str, self.input_shape))}] pixel values in [0, 1], "
-                             f"got shape {tuple(x.shape)}")
+        if x.ndim != 1 + len(self.input_shape) or tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"{'images' if len(self.input_shape) == 3 else 'features'} must be "
+                             f"[N, {', '.join(map(str, self.input_shape))}] {self.pixel_range}, got shape {tuple(x.shape)}")
         x = x.float()
         if self.mean is None:
             return x
-        m = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (len(self.input_shape) - 1)  # per channel, or per feature
+        m = torch.tensor(self.mean, dtype=torch.float32).view(shape)
+        s = torch.tensor(self.std, dtype=torch.float32).view(shape)
         return (x - m) / s
 
     def read_files(self, paths: Sequence[str | Path], workers: int = 4) -> tuple[torch.Tensor, list[int], list]:

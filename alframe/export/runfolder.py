@@ -110,6 +110,9 @@ def load_run(run_dir: str | Path, need_model: bool = False) -> LoadedRun:
         except StateMismatchError as e:
             raise RunFolderError(f"{run_dir}: the dataset changed since the run ({e}); labels would land on the "
                                  "wrong samples") from e
+    from alframe.training.frozen import frozen_data
+
+    data = frozen_data(cfg, data, run_dir)  # model.backbone: the run's cached features
     model_path = run_dir / MODEL_FILE
     if need_model and not model_path.is_file():
         raise RunFolderError(f"{model_path} not found: no model has been trained in this run yet")

@@ -17,11 +17,14 @@ from alframe.data.base import ALData, load_data
 from alframe.errors import ConfigError, StateMismatchError
 from alframe.loop.hooks import RoundHook
 from alframe.oracles.base import Oracle
+from alframe.oracles.stored import StoredOracle
 from alframe.rundir.resume import check_same_data
 from alframe.rundir.state import PoolState, RunProgress
 from alframe.strategies.base import QueryStrategy
 from alframe.tracking.run import Tracker, start_run
 from alframe.tracking.store import tracking_uri_of
+from alframe.training.frozen import frozen_data
+from alframe.training.trainer import device_of
 from alframe.version import __version__, source_commit
 
 
@@ -79,6 +82,10 @@ def build_parts(s: Settings, run_dir: Path, resuming: bool) -> Parts:
             dataset_fingerprint=data.fingerprint, config_fingerprint=fingerprint))
     s.check_with_data(state.n_pool + state.n_labelled, data.num_classes, data.targets is not None,
                       len(data.val_idx) > 0, data.name)
+    data = frozen_data(s.raw, data, run_dir, device_of(s.raw))  # model.backbone: its features, once per run
+    if len(data.input_shape) == 1 and not isinstance(oracle, StoredOracle):
+        raise ConfigError(f"oracle={s.oracle.get('_target_')} shows samples to a person, but this run's samples "
+                          "are feature vectors (dataset=features or model.backbone): use oracle=stored or noisy")
     return Parts(data, strategy, oracle, hooks, run_dir, resuming, state)
 
 

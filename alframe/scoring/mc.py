@@ -154,7 +154,7 @@ def _run_sampled(mods: list, h: torch.Tensor, g: int, masks: ConsistentMasks | N
             elif m.p <= 0:
                 x = xin.expand(shape)
             else:
-                x = xin * keep_mask(shape, m.p, x.device).to(xin.dtype)  # 10x faster than torch.where
+                x = xin * keep_mask(shape, m.p, x.device)  # bool promoted in the multiply: 3x faster than torch.where
             if not stacked:
                 x, stacked = x.reshape(shape[0] * shape[1], *shape[2:]), True
             nxt = mods[i + 1] if i + 1 < len(mods) else None
