@@ -22,6 +22,7 @@ from alframe.rundir.state import PoolState, RunProgress
 from alframe.strategies.base import QueryStrategy
 from alframe.tracking.run import Tracker, start_run
 from alframe.tracking.store import tracking_uri_of
+from alframe.training.ssl_cache import use_ssl_encoder
 from alframe.version import __version__, source_commit
 
 
@@ -78,6 +79,9 @@ def build_parts(s: Settings, job_dir: Path) -> Parts:
             dataset_fingerprint=data.fingerprint, config_fingerprint=fingerprint))
     s.check_with_data(state.n_pool + state.n_labelled, data.num_classes, data.targets is not None,
                       len(data.val_idx) > 0, data.name)
+    # ssl=...: the pool's self-supervised encoder (trained once per data and settings, cached under
+    # ssl.cache_dir) becomes model.backbone, after the fingerprint, before the backbone is built
+    use_ssl_encoder(s.raw, data)
     return Parts(data, strategy, oracle, hooks, run_dir, resuming, state)
 
 
