@@ -98,7 +98,7 @@ def test_two_views_of_an_image_are_closer_than_two_images(trained):
     mean, std = data.extras["mean"], data.extras["std"]
     views = ssl_train.PoolViews(data.train, pool, ssl_train.view_transform(spec, data.input_shape), mean, std)
     torch.manual_seed(123)
-    a, b = (torch.stack(v) for v in zip(*[views[j] for j in range(len(pool))]))
+    a, b = (torch.stack(v) for v in zip(*[views[j] for j in range(len(pool))], strict=True))
     torch.manual_seed(1)
     untrained = ssl_train.build_encoder(spec, data.num_classes, data.input_shape)[0].eval()
     net = enc.load(data.num_classes, data.input_shape)
@@ -339,3 +339,50 @@ def test_encoder_choice_and_refusals():
         ssl_train.build_encoder({"encoder": "torch.nn.Linear"}, 10, (1, 28, 28))
     with pytest.raises(ConfigError, match=r"cannot encode images of shape \(1, 4, 4\)"):
         ssl_train.build_encoder({"encoder": "alframe.models.cnn.GalCNN"}, 10, (1, 4, 4))
+
+
+def test_alframe_ssl_finds_the_cached_encoder_and_writes_features(trained, monkeypatch, capsys, tmp_path):
+    """``alframe-ssl`` with the run's settings reads the encoder the run would use (no training),
+    prints how to use it and writes its features as dataset=features files."""
+    from alframe.cli.ssl import main
+
+    data, spec, enc, _ = trained
+    monkeypatch.setattr(ssl_train, "train_encoder", no_training)
+    out = Path(spec["cache_dir"]).parents[1]
+    assert main(["--features", str(tmp_path / "f"), *SMALL[1:], f"paths.output_root={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"encoder: {enc.path} (from the cache; fingerprint {enc.fingerprint}, 128 features)" in printed
+    assert "use it:  alframe ssl=simclr model=frozen trainer=head ssl.epochs=5" in printed
+    assert f"model.backbone.name=alframe.models.ssl.ConvEncoder model.backbone.weights=null " \
+           f"model.backbone.checkpoint={enc.path}" in printed
+    with np.load(tmp_path / "f" / "train.npz", allow_pickle=False) as z:
+        assert z["x"].shape == (data.n_train, 128) and z["x"].dtype == np.float32
+        np.testing.assert_array_equal(z["y"], data.targets)
+    with np.load(tmp_path / "f" / "test.npz", allow_pickle=False) as z:
+        assert z["x"].shape == (len(data.test), 128)
+    assert main(["ssl.epochs=0"]) == 2
+    assert "alframe-ssl: ssl.epochs=0 is invalid: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_run_uses_the_cached_encoder_as_its_frozen_backbone(trained, monkeypatch, capsys, store):
+    """The whole command (needs the frozen-feature mode): the run reads the cached encoder before
+    round 0, its head trains on the encoder's features, and the run's config records the checkpoint."""
+    pytest.importorskip("alframe.training.frozen")
+    from .helpers import cli_in_process
+
+    data, spec, enc, _ = trained
+    monkeypatch.setattr(ssl_train, "train_encoder", no_training)
+    out = Path(spec["cache_dir"]).parents[1]
+    shutil_copy_store = out / "mlflow.db"
+    if not shutil_copy_store.exists():
+        shutil_copy_store.write_bytes(store.read_bytes())
+    r = cli_in_process(*SMALL, "model=frozen", "trainer=head", "strategy=typiclust", "loop.initial_size=20",
+                       "loop.query_size=10", "loop.rounds=2", "mlflow.log_model=false", f"paths.output_root={out}",
+                       f"mlflow.tracking_uri=sqlite:///{shutil_copy_store}", cwd=out, monkeypatch=monkeypatch,
+                       capsys=capsys)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"ssl: encoder {enc.fingerprint} from the cache" in r.stdout
+    run_dir = next(p.parent for p in (out / "runs").rglob("config.yaml"))
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert cfg.model.backbone.checkpoint == str(enc.path) and cfg.model.backbone.name == ssl_train.CONV_ENCODER
+    assert cfg.model.backbone.weights is None

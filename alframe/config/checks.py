@@ -138,9 +138,13 @@ def validate_stopping(cfg: DictConfig) -> None:
                           "(rounds in a row with kappa >= loop.stop_kappa)")
 
 
-def validate_ssl(cfg: DictConfig) -> None:
+def validate_ssl(cfg: DictConfig, need_backbone: bool = True) -> None:
     """Check ``ssl`` (self-supervised pool features) when it is set; its ranges are in
     :mod:`alframe.config.schema`. The encoder class is built, and lightly imported, before training.
+
+    Args:
+        need_backbone: a run uses the encoder as ``model.backbone`` (the frozen-feature mode), so
+            its model must have one; ``alframe-ssl`` only trains it.
 
     Raises:
         ConfigError: naming the key, the bad value and what is allowed.
@@ -155,6 +159,6 @@ def validate_ssl(cfg: DictConfig) -> None:
     if not isinstance(encoder, str) or not (encoder == "auto" or "." in encoder):
         raise ConfigError(f"ssl.encoder={encoder!r} is invalid: must be auto or the dotted path of an alframe ALNet "
                           "class (e.g. alframe.models.ssl.ConvEncoder)")
-    if _get(cfg, "model.backbone") is None:
+    if need_backbone and _get(cfg, "model.backbone") is None:
         raise ConfigError(f"ssl={method} trains the backbone of the frozen-feature mode, but model="
                           f"{_get(cfg, 'model.name')} has no model.backbone: use model=frozen trainer=head")
