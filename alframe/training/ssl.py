@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -232,13 +233,19 @@ class EpochLines(pl.Callback):
 
 @contextlib.contextmanager
 def own_randomness() -> Iterator[None]:
-    """Run with the global random states (torch, NumPy, Python) put back afterwards, so a run draws
-    the same whether its encoder was trained now or read from the cache."""
+    """Run with the global random states (torch, NumPy, Python, Lightning's seed variables) put back
+    afterwards, so a run draws the same whether its encoder was trained now or read from the cache."""
     states = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
     try:
         yield
     finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         torch.random.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
