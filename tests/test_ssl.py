@@ -386,3 +386,18 @@ def test_a_run_uses_the_cached_encoder_as_its_frozen_backbone(trained, monkeypat
     cfg = OmegaConf.load(run_dir / "config.yaml")
     assert cfg.model.backbone.checkpoint == str(enc.path) and cfg.model.backbone.name == ssl_train.CONV_ENCODER
     assert cfg.model.backbone.weights is None
+
+
+def test_run_fingerprint_and_smoke(tmp_path):
+    """Where and how fast the encoder trains may change on resume; what it is may not. A smoke run
+    trains it for one epoch."""
+    from alframe.config.fingerprint import config_fingerprint
+    from alframe.config.smoke import apply_smoke
+
+    base = config_fingerprint(compose(SMALL, tmp_path))
+    assert base == config_fingerprint(compose([*SMALL, "ssl.threads=2", "ssl.num_workers=1",
+                                               f"ssl.cache_dir={tmp_path}/elsewhere"], tmp_path))
+    assert base != config_fingerprint(compose([*SMALL, "ssl.epochs=6"], tmp_path))
+    assert base != config_fingerprint(compose([], tmp_path))  # without ssl
+    assert apply_smoke(compose(SMALL, tmp_path)).ssl.epochs == 1
+    assert "ssl" not in apply_smoke(compose([], tmp_path))
