@@ -11,6 +11,8 @@ from alframe.errors import ConfigError
 
 #: protocol names accepted in ``trainer.protocol`` (a label for logs and docs)
 PROTOCOLS = ("epochs", "steps", "batchbald2019", "gal2017")
+#: self-supervised methods of ``ssl.method``
+SSL_METHODS = ("simclr",)
 
 
 
@@ -137,3 +139,29 @@ def validate_stopping(cfg: DictConfig) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"loop.stop_window={window!r} is invalid: must be an integer >= 1 "
                           "(rounds in a row with kappa >= loop.stop_kappa)")
+
+
+def validate_ssl(cfg: DictConfig, need_backbone: bool = True) -> None:
+    """Check ``ssl`` (self-supervised pool features) when it is set; its ranges are in
+    :mod:`alframe.config.schema`. The encoder class is built, and lightly imported, before training.
+
+    Args:
+        need_backbone: a run uses the encoder as ``model.backbone`` (the frozen-feature mode), so
+            its model must have one; ``alframe-ssl`` only trains it.
+
+    Raises:
+        ConfigError: naming the key, the bad value and what is allowed.
+    """
+    ssl = _get(cfg, "ssl")
+    if ssl is None:
+        return
+    method = ssl.get("method")
+    if method not in SSL_METHODS:
+        raise ConfigError(f"ssl.method={method!r} is invalid: must be one of {list(SSL_METHODS)}")
+    encoder = ssl.get("encoder")
+    if not isinstance(encoder, str) or not (encoder == "auto" or "." in encoder):
+        raise ConfigError(f"ssl.encoder={encoder!r} is invalid: must be auto or the dotted path of an alframe ALNet "
+                          "class (e.g. alframe.models.ssl.ConvEncoder)")
+    if need_backbone and _get(cfg, "model.backbone") is None:
+        raise ConfigError(f"ssl={method} trains the backbone of the frozen-feature mode, but model="
+                          f"{_get(cfg, 'model.name')} has no model.backbone: use model=frozen trainer=head")

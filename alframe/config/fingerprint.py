@@ -11,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 #: config keys that may change between an interrupted run and its resumption
 RESUMABLE_KEYS = ("loop.resume", "loop.rounds", "loop.budget", "paths", "mlflow", "hydra", "trainer.accelerator",
                   "trainer.devices", "trainer.threads",
+                  # where and how fast the ssl encoder is trained, not what it is
+                  "ssl.threads", "ssl.num_workers", "ssl.cache_dir",
                   # how a person is shown the batch, not what is learnt: may change between sessions
                   "oracle.port", "oracle.open_browser", "oracle.timeout_s", "oracle.preview", "oracle.preview_width")
 

@@ -173,17 +173,77 @@ class ModelRanges:
     batch_size: int = _f(32, ge=1)
 
 
+@dataclass
+class SSLConfig:
+    """``ssl``: self-supervised features of the pool, trained once before round 0 and given to the
+    frozen-feature mode as its backbone (``ssl=simclr``; :mod:`alframe.training.ssl`).
+
+    Attributes:
+        method: ``simclr`` (Chen et al. 2020, with lightly's NT-Xent loss and projection head).
+        encoder: ``auto`` (``alframe.models.ssl.ConvEncoder`` for grey images, the CIFAR-stem
+            ``alframe.models.resnet.ResNet18`` for colour), or the dotted path of an alframe ALNet
+            class; its penultimate embedding is the feature vector.
+        encoder_kwargs: more arguments of the encoder class.
+        dim: feature size D (ConvEncoder's last width; another encoder must give this size);
+            null = the encoder's own (ConvEncoder: 128).
+        epochs: passes over the pool.
+        batch_size: images per step (each gives two views; the others are its negatives).
+        temperature: of the NT-Xent loss.
+        proj_hidden: hidden width of the projection head (null = D).
+        proj_dim: output size of the projection head (the loss's space, discarded afterwards).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        seed: the encoder's own seed, not the run's, so every job of a sweep shares one encoder.
+        crop_min_scale: random resized crop: smallest area kept, a fraction of the image.
+        rotation: random rotation, at most this many degrees either way (0 = none).
+        rotation_prob: probability of a rotation.
+        hflip: probability of a horizontal flip; null = 0 for grey images (digits are not
+            mirror-symmetric), 0.5 for colour.
+        color_jitter: probability of colour jitter (strength 0.5) and 0.2 of greyscale; null = 0
+            for grey images (no hue or saturation to jitter), 0.8 for colour.
+        threads: CPU threads of torch while training the encoder (null = ``trainer.threads``).
+        num_workers: DataLoader processes making the augmented views (0 = in this process).
+        cache_dir: encoders are cached in ``<cache_dir>/simclr-<fingerprint>/``, shared by every
+            job on the same data and settings.
+    """
+
+    method: str = "simclr"
+    encoder: str = "auto"
+    encoder_kwargs: dict[str, Any] = _f({})
+    dim: Optional[int] = _f(None, ge=1)
+    epochs: int = _f(10, ge=1)
+    batch_size: int = _f(256, ge=2)
+    temperature: float = _f(0.5, ge=0.0, low_open=True)
+    proj_hidden: Optional[int] = _f(None, ge=1)
+    proj_dim: int = _f(64, ge=1)
+    lr: float = _f(1e-3, ge=0.0, low_open=True)
+    weight_decay: float = _f(1e-6, ge=0.0)
+    seed: int = _f(0, ge=0)
+    crop_min_scale: float = _f(0.5, ge=0.0, le=1.0, low_open=True)
+    rotation: float = _f(15.0, ge=0.0, le=180.0)
+    rotation_prob: float = _f(0.5, ge=0.0, le=1.0)
+    hflip: Optional[float] = _f(None, ge=0.0, le=1.0)
+    color_jitter: Optional[float] = _f(None, ge=0.0, le=1.0)
+    threads: Optional[int] = _f(None, ge=1)
+    num_workers: int = _f(0, ge=0)
+    cache_dir: str = "${paths.output_root}/cache/ssl"
+
+
 SCHEMAS = {"loop": LoopConfig, "trainer": TrainerConfig, "mlflow": MlflowConfig, "paths": PathsConfig}
 #: every group whose ranges :func:`check_ranges` checks
-CHECKED = {**SCHEMAS, "model": ModelRanges}
+CHECKED = {**SCHEMAS, "model": ModelRanges, "ssl": SSLConfig}
+#: groups a config may leave out (``ssl: null``): their ranges are checked only when present
+OPTIONAL = ("ssl",)
 
 
 def register() -> None:
     """Store each schema as its group's ``default`` option in Hydra's ConfigStore (the
-    ``trainer`` schema also as ``trainer/schema``, which ``trainer/cpu.yaml`` extends)."""
+    ``trainer`` schema also as ``trainer/schema``, which ``trainer/cpu.yaml`` extends; the ``ssl``
+    schema as ``ssl/schema``, which ``ssl/simclr.yaml`` extends)."""
     cs = ConfigStore.instance()
     for group, schema in SCHEMAS.items():
         cs.store(group=group, name="default" if group != "trainer" else "schema", node=schema)
+    cs.store(group="ssl", name="schema", node=SSLConfig)  # conf/ssl/simclr.yaml extends it
 
 
 def _allowed(kind: str, ge, le, low_open: bool, nullable: bool, cfg: DictConfig, group: str) -> str:
@@ -205,6 +265,8 @@ def check_ranges(cfg: DictConfig) -> None:
     from alframe.errors import ConfigError
 
     for group, schema in CHECKED.items():
+        if group in OPTIONAL and OmegaConf.select(cfg, group, default=None) is None:
+            continue
         for f in fields(schema):
             ge, le, low_open = (f.metadata.get(k) for k in ("ge", "le", "low_open"))
             if ge is None and le is None:

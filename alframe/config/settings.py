@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alframe.config.checks import (
     validate_loop_options,
+    validate_ssl,
     validate_static,
     validate_stopping,
     validate_with_data,
@@ -86,6 +87,7 @@ def settings_of(cfg: DictConfig) -> Settings:
     """
     validate_static(cfg)
     validate_stopping(cfg)
+    validate_ssl(cfg)
     empty = OmegaConf.create({})
     return Settings(
         seed=int(cfg.seed), loop=_typed(cfg.loop, LoopConfig), mlflow=_typed(cfg.mlflow, MlflowConfig),

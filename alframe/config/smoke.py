@@ -3,7 +3,7 @@
 ``alframe experiment=badge2020_cifar10 smoke=true`` keeps the experiment's dataset, model,
 strategy, oracle and tracking, and changes only sizes: one query round, one epoch, at most 20
 initial labels and 10 per round, at most 64 scored pool samples, at most 5 steps or 64 samples per
-epoch for the step and fixed-length protocols, a subset of the data
+epoch for the step and fixed-length protocols, one self-supervised epoch (``ssl``), a subset of the data
 (torchvision datasets: 300 training / 100 test samples, validation at most 20) and at most 4 MC
 samples. The result is a real run, not a measurement: it is logged to its own MLflow experiment
 ``<mlflow.experiment_name>-smoke`` (tag ``alframe.smoke=true``), so smoke runs never mix with the
@@ -27,6 +27,7 @@ SMOKE_LIMITS = {
     "dataset.test_size": 100,
     "dataset.val_size": 20,
     "strategy.mc_samples": 4,
+    "ssl.epochs": 1,
 }
 #: suffix of the MLflow experiment smoke runs are logged to
 SMOKE_EXPERIMENT_SUFFIX = "-smoke"

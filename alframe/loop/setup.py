@@ -24,6 +24,7 @@ from alframe.strategies.base import QueryStrategy
 from alframe.tracking.run import Tracker, start_run
 from alframe.tracking.store import tracking_uri_of
 from alframe.training.frozen import frozen_data
+from alframe.training.ssl_cache import use_ssl_encoder
 from alframe.training.trainer import device_of
 from alframe.version import __version__, source_commit
 
@@ -82,6 +83,9 @@ def build_parts(s: Settings, run_dir: Path, resuming: bool) -> Parts:
             dataset_fingerprint=data.fingerprint, config_fingerprint=fingerprint))
     s.check_with_data(state.n_pool + state.n_labelled, data.num_classes, data.targets is not None,
                       len(data.val_idx) > 0, data.name)
+    # ssl=...: the pool's self-supervised encoder (trained once per data and settings, cached under
+    # ssl.cache_dir) becomes model.backbone, after the fingerprint, before the backbone is built
+    use_ssl_encoder(s.raw, data)
     data = frozen_data(s.raw, data, run_dir, device_of(s.raw))  # model.backbone: its features, once per run
     if len(data.input_shape) == 1 and not isinstance(oracle, StoredOracle):
         raise ConfigError(f"oracle={s.oracle.get('_target_')} shows samples to a person, but this run's samples "
