@@ -102,7 +102,7 @@ def test_every_paper_config_names_its_protocol(tmp_path):
     for name in EXPERIMENTS:
         cfg = _compose([f"experiment={name}"], tmp_path, tmp_path / "m.db")
         want = "gal2017" if name.startswith("gal2017") else "batchbald2019" if name.startswith("batchbald") \
-            else "epochs"
+            else "steps" if name.startswith("frozen_features") else "epochs"
         assert cfg.trainer.protocol == want, name
         own = (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
         assert "override /trainer:" in own or "protocol:" in own or name.endswith("_cpu") \
@@ -130,8 +130,12 @@ def test_smoke_shrinks_sizes_only(tmp_path):
 HEAVY_SMOKE = {"badge2020_cifar10", "coreset2018_cifar10", "lueth2023_cifar10_low"}
 
 
+#: experiments on feature files (dataset=features): their runs are tests/test_frozen.py's
+FEATURE_FILES = {"frozen_features_mnist"}
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_SMOKE else n
-                                  for n in EXPERIMENTS])
+                                  for n in EXPERIMENTS if n not in FEATURE_FILES])
 def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # noqa: F811 (fixture)
     from alframe.loop.experiment import run_experiment
 

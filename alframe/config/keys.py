@@ -38,7 +38,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: groups whose options are ``_target_`` configs (or hold them, as ``model`` does)
 TARGET_GROUPS = ("dataset", "model", "strategy", "oracle")
 #: top-level keys that are not groups
-TOP_KEYS = ("seed", "smoke", "hooks", "hydra")
+TOP_KEYS = ("seed", "smoke", "hooks", "ssl", "hydra")
 #: keys of Hydra's ``instantiate`` itself
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 
@@ -135,8 +135,10 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     bad: list[str] = []
     for key in (str(k) for k in cfg.keys()):
         if key not in (*SCHEMAS, *TARGET_GROUPS, *TOP_KEYS):
-            bad.append(_refusal(key, "", [*SCHEMAS, *TARGET_GROUPS, "seed", "smoke", "hooks"]))
-    for group, schema in SCHEMAS.items():
+            bad.append(_refusal(key, "", [*SCHEMAS, *TARGET_GROUPS, "seed", "smoke", "hooks", "ssl"]))
+    from alframe.config.schema import SSLConfig
+
+    for group, schema in {**SCHEMAS, "ssl": SSLConfig}.items():  # ssl: optional (null when off)
         node = cfg._get_node(group) if group in cfg else None
         if not isinstance(node, DictConfig):
             continue
