@@ -22,6 +22,7 @@ Checked against Label Studio 1.23.2 with label-studio-sdk 2.1.2:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,7 @@ from pathlib import Path
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 #: ``updated_at`` filter format of Label Studio's Data Manager
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-LOCAL_FILES_SETTINGS = ("LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
-                        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<a folder above the run folder>")
+PAGE = 500  # tasks per page of a read
 
 
 class LabelStudioError(RuntimeError):
@@ -119,6 +119,7 @@ class LabelStudioClient:
             raise LabelStudioError("oracle=label_studio needs the Label Studio SDK: pip install "
                                    "'alframe[label-studio]' (or pip install 'label-studio-sdk>=2.1,<2.2')") from None
         self.url, self._ApiError, self.requests = url.rstrip("/"), ApiError, 0
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll in the run's log
         try:  # max_retries=0: the oracle retries itself, with its own backoff and message
             self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout, max_retries=0)
         except ApiError as e:  # an expired personal access token is refused here
@@ -263,13 +264,22 @@ class LabelStudioClient:
                 return []
             query["selectedItems"] = {"all": False, "included": [int(i) for i in ids]}
 
-        def fetch():
-            out = []
-            for t in self.sdk.tasks.list(project=pid, fields="all", page_size=500, query=json.dumps(query)):
-                out.append(Task(id=int(t.id), data=dict(t.data or {}), updated_at=_iso(str(t.updated_at or "")),
-                                annotations=[_annotation(a if isinstance(a, dict) else a.dict())
-                                             for a in (t.annotations or [])]))
-            return out
+        def fetch():  # page by page; a page shorter than PAGE is the last (one request per poll)
+            out, page = [], 1
+            while True:
+                try:
+                    items = list(self.sdk.tasks.list(project=pid, fields="all", page=page, page_size=PAGE,
+                                                     query=json.dumps(query)).items or [])
+                except self._ApiError as e:
+                    if page > 1 and getattr(e, "status_code", None) == 404:  # the last page was full
+                        return out
+                    raise
+                out += [Task(id=int(t.id), data=dict(t.data or {}), updated_at=_iso(str(t.updated_at or "")),
+                             annotations=[_annotation(a if isinstance(a, dict) else a.dict())
+                                          for a in (t.annotations or [])]) for t in items]
+                if len(items) < PAGE:
+                    return out
+                page += 1
 
         return self._call("reading tasks", fetch)
 
