@@ -40,6 +40,19 @@ from alframe.oracles.render import save_png
 MODEL_VERSION = "alframe"  # one version for every round: Label Studio pre-labels with the project's version
 VIEW = "alframe: to label"
 IMAGES = ("auto", "local_files", "upload")
+_HIDDEN = [f"tasks:{c}" for c in (
+    "inner_id", "completed_at", "cancelled_annotations", "total_predictions", "annotators", "annotations_results",
+    "annotations_ids", "predictions_score", "predictions_model_versions", "predictions_results", "file_upload",
+    "storage_filename", "created_at", "updated_at", "updated_by", "avg_lead_time", "draft_exists", "comment_count",
+    "comment_authors", "last_comment_updated_at", "unresolved_comment_count", "data.file", "data.run")]
+#: the Data Manager tab alframe adds: unanswered tasks, highest acquisition score first, alframe's columns
+VIEW_DATA = {
+    "ordering": ["-tasks:data.score"],
+    "columnsDisplayType": {f"tasks:data.{c}": "Number" for c in ("score", "round", "index", "rank", "confidence")},
+    "hiddenColumns": {"explore": _HIDDEN, "labeling": _HIDDEN},
+    "filters": {"conjunction": "and", "items": [
+        {"filter": f"filter:tasks:{c}", "operator": "equal", "type": "Number", "value": 0}
+        for c in ("total_annotations", "cancelled_annotations")]}}
 MARGIN_S = 5.0  # polls re-read this many seconds before the watermark (a late commit is not missed)
 MAX_BACKOFF_S = 30.0
 
@@ -114,15 +127,7 @@ class LabelStudioOracle(Oracle):
             self.pid = self._project()
             self.mode = self._images()
             try:  # a tab that lists the unanswered tasks, highest acquisition score first
-                self.client.ensure_view(self.pid, VIEW, {
-                    "ordering": ["-tasks:data.score"],
-                    "columnsDisplayType": {"tasks:data.score": "Number", "tasks:data.round": "Number",
-                                           "tasks:data.index": "Number", "tasks:data.rank": "Number"},
-                    "filters": {"conjunction": "and", "items": [
-                        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number",
-                         "value": 0},
-                        {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number",
-                         "value": 0}]}})
+                self.client.ensure_view(self.pid, VIEW, VIEW_DATA)
             except LabelStudioError:
                 pass  # a convenience: the default tab shows the same tasks
         except ServerUnavailable as e:
