@@ -91,10 +91,10 @@ def free_port() -> int:
 class LabelStudio:
     """A Label Studio server process and a tiny JSON client for its HTTP API."""
 
-    def __init__(self, exe: Path, data_dir: Path, log_path: Path):
+    def __init__(self, exe: Path, data_dir: Path, log_path: Path, env: dict[str, str] | None = None):
         self.port, self.token = free_port(), secrets.token_hex(20)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.exe, self.data_dir, self.password = exe, data_dir, secrets.token_hex(8)
+        self.exe, self.data_dir, self.password, self.env = exe, data_dir, secrets.token_hex(8), env or {}
         self.log = log_path.open("w")
         self._start()
 
@@ -102,7 +102,7 @@ class LabelStudio:
         env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": "/", "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
                "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "COLLECT_ANALYTICS": "false",
-               "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
+               "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", **self.env}
         self.proc = subprocess.Popen(
             [str(self.exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--username", "alframe@example.com", "--password", self.password,

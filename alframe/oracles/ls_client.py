@@ -201,7 +201,8 @@ class LabelStudioClient:
             if "LOCAL_FILES_SERVING_ENABLED" in text:
                 missing = "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true"
             elif "LOCAL_FILES_DOCUMENT_ROOT" in text:
-                missing = f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<a folder above {path}>"
+                missing = (f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<a folder above {path}> (and "
+                           "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true)")
             else:
                 raise
             raise LabelStudioError(f"Label Studio at {self.url} does not serve local files from {path}: start it "
@@ -214,7 +215,7 @@ class LabelStudioClient:
     def upload(self, pid: int, files: dict[str, Path]) -> dict[str, str]:
         """Upload images (``{unique name: PNG file}``) without creating tasks; returns name -> the
         URL to put in task data."""
-        parts = [(f"file{k}", (name, Path(f).read_bytes(), "image/png")) for k, (name, f) in enumerate(files.items())]
+        parts = {f"file{k}": (name, Path(f).read_bytes(), "image/png") for k, (name, f) in enumerate(files.items())}
         http = self.sdk._client_wrapper.httpx_client  # the SDK's authenticated client; its import is JSON only
 
         def post():
