@@ -110,6 +110,19 @@ def test_several_annotators_latest_counts_and_disagreements_are_counted(data, tm
     assert res.info["annotator_disagreements"] == 1 and res.info["annotators"] == 2
 
 
+def test_an_answer_outside_the_classes_is_reported_and_waits(data, tmp_path, capsys):
+    server = FakeLabelStudio()
+    oracle = make(data, tmp_path, server)
+    t, out = in_thread(oracle, request(idx=IDX[:1]))
+    tasks = wait_tasks(server, 1, 1)
+    server.annotate(tasks[3].id, "cat")  # a project whose config someone edited
+    time.sleep(0.5)
+    assert t.is_alive() and "has the answer 'cat', not one of this run's classes" in capsys.readouterr().out
+    server.annotate(tasks[3].id, "3")
+    t.join(10)
+    assert out["r"].labels.tolist() == [3]
+
+
 def test_a_label_changed_after_its_round_is_a_correction(data, tmp_path):
     server = FakeLabelStudio()
     oracle = make(data, tmp_path, server)

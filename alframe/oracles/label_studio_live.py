@@ -34,7 +34,7 @@ from alframe.oracles.ls_client import (
     ServerUnavailable,
     Task,
 )
-from alframe.oracles.ls_rounds import RETURNED, LiveState, answer_of, disagrees
+from alframe.oracles.ls_rounds import RETURNED, LiveState, answer_of, disagrees, latest
 from alframe.oracles.render import save_png
 
 MODEL_VERSION = "alframe"  # one version for every round: Label Studio pre-labels with the project's version
@@ -109,6 +109,7 @@ class LabelStudioOracle(Oracle):
         self.client: LabelStudioClient | None = None  # tests put a fake here before setup
         self.sleep = time.sleep
         self.watermark: str | None = None  # the newest updated_at read (server clock)
+        self.warned: set[tuple] = set()  # answers already reported as unusable
 
     # ------------------------------------------------------------------ setup: everything checked once
     def setup(self, data, run_dir) -> None:
@@ -234,6 +235,12 @@ class LabelStudioOracle(Oracle):
             got = answer_of(task, self.data.class_names)
             if got is None:
                 answers.pop(i, None)
+                a = latest(task.annotations)
+                if a is not None and (task.id, a.id, a.updated_at) not in self.warned:  # not a class of this run
+                    self.warned.add((task.id, a.id, a.updated_at))
+                    progress.console.print(f"[yellow]round {r}: task {task.id} (index {i}) has the answer "
+                                           f"{a.choice!r}, not one of this run's classes: it waits for another "
+                                           "answer[/yellow]", soft_wrap=True)
             else:
                 answers[i] = got
             return
