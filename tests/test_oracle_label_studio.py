@@ -123,6 +123,23 @@ def test_an_answer_outside_the_classes_is_reported_and_waits(data, tmp_path, cap
     assert out["r"].labels.tolist() == [3]
 
 
+def test_a_first_batch_of_skips_is_imported_again(data, tmp_path, capsys):
+    server = FakeLabelStudio()
+    oracle = make(data, tmp_path, server)
+    req = request(round=0, idx=IDX[:2], labelled=np.full(len(data.train), -1), scores=None)
+    t, out = in_thread(oracle, req)
+    for task in wait_tasks(server, 0, 2).values():
+        server.annotate(task.id, None)  # both skipped: nothing to train on
+    time.sleep(0.5)
+    assert t.is_alive() and "every sample was skipped" in capsys.readouterr().out
+    again = wait_tasks(server, 0, 2)
+    assert server.imports == [2, 2] and len(server.round_tasks(0)) == 2  # the old tasks were removed
+    for i, task in again.items():
+        server.annotate(task.id, str(data.targets[i]))
+    t.join(10)
+    assert sorted(out["r"].idx.tolist()) == sorted(IDX[:2].tolist())
+
+
 def test_a_label_changed_after_its_round_is_a_correction(data, tmp_path):
     server = FakeLabelStudio()
     oracle = make(data, tmp_path, server)

@@ -221,8 +221,22 @@ class LabelStudioOracle(Oracle):
                                    f"{len(idx)} answered); run again with loop.resume=true to go on with the same "
                                    "tasks and the answers given meanwhile.[/yellow]", soft_wrap=True)
             return LabelResult(idx=np.empty(0, dtype=np.int64), labels=np.empty(0, dtype=np.int64), pending=True)
+        if answers and all(a == SKIP for a, _ in answers.values()) and request.labelled is not None \
+                and not (request.labelled >= 0).any():  # the first labels cannot all be skips
+            progress.console.print(f"[yellow]round {r}: every sample was skipped, and the first round needs at "
+                                   "least one label: the batch is imported again[/yellow]", soft_wrap=True)
+            self.reopen(r, request.idx)
+            return self.label(request)
         return self._finish(request, tasks, answers, current, corrections, time.monotonic() - t0,
                             self.client.requests - requests0)
+
+    def reopen(self, round: int, idx: np.ndarray) -> None:
+        """Ask round ``round``'s batch again: its tasks are removed from Label Studio and forgotten,
+        so the next :meth:`label` imports them anew (with no answers)."""
+        rt = self.state.round(round)
+        self._retry("removing the batch", self.client.delete_tasks, self.pid, list(rt.tasks.values()))
+        self.state.rounds.pop(int(round), None)
+        self.state.save()
 
     def _read(self, task: Task, r: int, by_task: dict[int, int], request: LabelRequest, answers: dict,
               current: dict, corrections: dict) -> None:
