@@ -29,6 +29,7 @@ from alframe.oracles.base import LabelRequest, LabelResult, Oracle
 from alframe.training.trainer import build_module, build_net
 
 from .conftest import CONFIG_DIR, compose
+from .fake_label_studio import FakeLabelStudio
 from .helpers import (
     fill_labels,
     write_cifar,
@@ -157,9 +158,24 @@ def drive_files(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: P
     return oracle.label(req)  # as after loop.resume=true
 
 
+def drive_label_studio(oracle: Oracle, req: LabelRequest, truth: np.ndarray, run_dir: Path) -> LabelResult:
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", oracle.label(req)), daemon=True)
+    t.start()
+    server = oracle.client  # the in-memory Label Studio PREPARE put there
+    while len(server.round_tasks(req.round)) < len(req.idx):
+        t.join(0.02)
+    for task in server.round_tasks(req.round):
+        server.annotate(task.id, str(truth[task.data["index"]]))
+    t.join(30)
+    return out["r"]
+
+
 #: how each oracle's labeller answers with the true class; a new oracle needs one line here
 DRIVERS = {"stored": drive_stored, "noisy": drive_stored, "terminal": drive_terminal, "web": drive_web,
-           "files": drive_files}
+           "files": drive_files, "label_studio": drive_label_studio}
+#: what an oracle needs before its setup (an oracle of a server gets an in-memory server)
+PREPARE = {"label_studio": lambda oracle: setattr(oracle, "client", FakeLabelStudio())}
 #: oracles that may answer wrongly on purpose
 NOISY = {"noisy"}
 
@@ -173,6 +189,7 @@ def test_oracle_contract(name, data, tmp_path):
     overrides = [f"oracle={name}"] + (["oracle.port=0"] if name == "web" else [])
     oracle = instantiate(compose(overrides, tmp_path).oracle)
     assert isinstance(oracle, Oracle)
+    PREPARE.get(name, lambda o: None)(oracle)
     oracle.setup(data, tmp_path)
     try:
         req = LabelRequest(round=1, idx=IDX, predicted=np.array([0, 1, 2, 3]),

@@ -14,7 +14,8 @@ RESUMABLE_KEYS = ("loop.resume", "loop.rounds", "loop.budget", "paths", "mlflow"
                   # where and how fast the ssl encoder is trained, not what it is
                   "ssl.threads", "ssl.num_workers", "ssl.cache_dir",
                   # how a person is shown the batch, not what is learnt: may change between sessions
-                  "oracle.port", "oracle.open_browser", "oracle.timeout_s", "oracle.preview", "oracle.preview_width")
+                  "oracle.port", "oracle.open_browser", "oracle.timeout_s", "oracle.preview", "oracle.preview_width",
+                  "oracle.url", "oracle.poll_s", "oracle.wait_limit_s")
 
 
 #: the round hooks of ``conf/config.yaml`` (``hooks:``), in the order the loop calls them

@@ -71,7 +71,7 @@ class Experiment:
         self.run_ctx = Run(s, self.data, self.state, self.run_dir, self.device)
         for hook in self.hooks:
             hook.setup(self.run_ctx)
-        self._csv_labels = -1  # labelled-set size queries.csv was last written for (it only grows)
+        self._csv_labels: tuple[int, int] | None = None  # (labels, corrections) queries.csv was written for
 
     @property
     def progress(self) -> RunProgress:
@@ -116,8 +116,8 @@ class Experiment:
                     break
                 if net is None:  # resumed after round r was logged: its saved model (or a retrain)
                     net = self._load_net() or self._train(r)[0]
-                chosen = self._query(r + 1, net, tracker)
-                complete = self.session.ask(r + 1, chosen, net)[0]  # batch metrics wait in progress.unlogged
+                chosen, scores = self._query(r + 1, net, tracker)
+                complete = self.session.ask(r + 1, chosen, net, scores)[0]  # batch metrics wait in progress.unlogged
             if complete:
                 p.finished = True
                 self._queue_unlogged(tracker)  # sent by the run's finish request
@@ -174,13 +174,15 @@ class Experiment:
         table.add(row)
         return net
 
-    def _query(self, r: int, net: ALNet, tracker: Tracker) -> np.ndarray:
-        """Round ``r``'s batch: ``[k] int64`` pool indices (:func:`~alframe.loop.selection.query`)."""
+    def _query(self, r: int, net: ALNet, tracker: Tracker) -> tuple[np.ndarray, np.ndarray | None]:
+        """Round ``r``'s batch: ``[k] int64`` pool indices and their acquisition scores (or None)
+        (:func:`~alframe.loop.selection.query`)."""
         with progress.status(f"round {r}: scoring the pool"):
-            chosen, seconds = query(self.settings, self.strategy, net, self.data, self.state, r, self.device, self.spread)
+            chosen, seconds, scores = query(self.settings, self.strategy, net, self.data, self.state, r, self.device,
+                                            self.spread)
         faults.point("query_done")
         tracker.log_metrics(seconds, step=self.state.n_labelled, defer=True)
-        return chosen
+        return chosen, scores
 
     def _queue_unlogged(self, tracker: Tracker) -> None:
         """Hand the saved, not yet logged metrics of labelled batches to ``tracker`` (deferred:
@@ -208,9 +210,11 @@ class Experiment:
         self.state.save(self.run_dir)
         faults.point("state_saved")
         path = self.run_dir / "queries.csv"
-        if self.state.n_labelled != self._csv_labels or not path.is_file():  # labels are only ever added
+        # labels are added, or corrected (a person changed a used label in Label Studio)
+        revision = (self.state.n_labelled, len(self.progress.corrections))
+        if revision != self._csv_labels or not path.is_file():
             write_queries_csv(path, self.state, self.data.class_names, self.data.extras.get("files"))
-            self._csv_labels = self.state.n_labelled
+            self._csv_labels = revision
 
     def _start_tracking(self) -> Tracker:
         tracker, new = start_tracking(self.settings, self.progress, self.strategy.name, self.data.name,

@@ -79,7 +79,7 @@ def record_seed_labels(data: ALData, state: PoolState, initial_size: int) -> int
 
 
 def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState, r: int, device,
-          spread=None) -> tuple[np.ndarray, dict[str, float]]:
+          spread=None) -> tuple[np.ndarray, dict[str, float], np.ndarray | None]:
     """Score the pool (or a seeded subset of ``loop.pool_subset``) once, with what the strategy
     ``requires``, and let it pick round ``r``'s batch of ``loop.query_size`` (capped by the budget
     and the pool).
@@ -89,8 +89,9 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
         device, spread: where scoring runs (:mod:`alframe.scoring`).
 
     Returns:
-        ``([k] int64 pool indices, {"score_seconds", "query_seconds"})``; the batch is checked by
-        :func:`check_query`.
+        ``([k] int64 pool indices, {"score_seconds", "query_seconds"}, [k] float acquisition
+        scores or None)``; the batch is checked by :func:`check_query`; the scores
+        (:meth:`~alframe.strategies.base.QueryStrategy.scores_of`) are shown to the person who labels.
 
     Raises:
         RuntimeError: the strategy broke its contract.
@@ -117,5 +118,6 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
     chosen = np.asarray(strategy.query(outputs, k, rng), dtype=np.int64)
     query_s = time.perf_counter() - t0
     check_query(chosen, candidates, state, k, strategy.name)
+    scores = strategy.scores_of(outputs, chosen)
     # what the strategy chose by (e.g. ProbCover's radius and purity): logged with the timings
-    return chosen, {"score_seconds": score_s, "query_seconds": query_s, **getattr(strategy, "last_info", {})}
+    return chosen, {"score_seconds": score_s, "query_seconds": query_s, **getattr(strategy, "last_info", {})}, scores

@@ -2,7 +2,9 @@
 
 ``oracle=stored`` (simulation), ``noisy`` (simulated annotator errors), ``terminal`` and
 ``web`` (a person labels; answers saved at once), ``files`` (hand-off to Label Studio or a
-spreadsheet; imported on resume). The web oracle lives in :mod:`alframe.oracles.web`.
+spreadsheet; imported on resume), ``label_studio`` (a running Label Studio, round after round).
+The web oracle lives in :mod:`alframe.oracles.web`, the live Label Studio one in
+:mod:`alframe.oracles.label_studio_live` (it needs the ``label-studio`` extra).
 """
 
 from alframe.errors import LabelImportError

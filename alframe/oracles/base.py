@@ -23,6 +23,8 @@ class LabelRequest:
         labelled: ``[N] int64`` the labels recorded so far for every train-source sample
             (-1 = not labelled), or None. Only labels an oracle gave; lets a tool that exports
             a whole project recognise rows of earlier rounds.
+        scores: ``[k] float`` the strategy's acquisition score of each index, or None (round 0, a
+            strategy without per-sample scores).
     """
 
     round: int
@@ -30,6 +32,7 @@ class LabelRequest:
     predicted: np.ndarray | None = None
     confidence: np.ndarray | None = None
     labelled: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 @dataclass
@@ -45,6 +48,9 @@ class LabelResult:
             to an external tool): the loop saves what it got and stops; ``loop.resume=true``
             continues later.
         info: extra per-batch facts to log as metrics (e.g. ``noise_rate``).
+        corrections: ``{index: label}`` for samples labelled in earlier rounds whose label a person
+            changed since it was used (``LabelRequest.labelled`` holds the recorded ones); applied
+            with :meth:`~alframe.rundir.state.PoolState.correct` when the batch is complete.
     """
 
     idx: np.ndarray
@@ -52,6 +58,7 @@ class LabelResult:
     seconds: np.ndarray | None = None
     pending: bool = False
     info: dict[str, float] = field(default_factory=dict)
+    corrections: dict[int, int] = field(default_factory=dict)
 
 
 class Oracle:

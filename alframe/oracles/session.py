@@ -35,12 +35,14 @@ class OracleSession:
                  device: torch.device | str = "cpu"):
         self.oracle, self.data, self.state, self.save, self.device = oracle, data, state, save, device
 
-    def ask(self, round: int, idx: np.ndarray, net: ALNet | None) -> tuple[bool, dict[str, float]]:
+    def ask(self, round: int, idx: np.ndarray, net: ALNet | None,
+            scores: np.ndarray | None = None) -> tuple[bool, dict[str, float]]:
         """Send ``idx`` (``[k] int64`` pool indices) to the oracle for round ``round``.
 
         Args:
             net: the model whose prediction and confidence are shown as the suggestion, or None
                 (not computed for an oracle whose ``uses_suggestion`` is False).
+            scores: ``[k]`` acquisition scores of ``idx`` (kept with the pending batch), or None.
 
         Returns:
             ``(complete, metrics)``: complete is False while labels are pending; metrics (when
@@ -57,9 +59,13 @@ class OracleSession:
             probs = compute_outputs(net, self.data.train, idx, {"probs"}, device=self.device).probs
             confidence, predicted = (t.numpy() for t in probs.max(dim=1))
         prev = progress_.pending
-        pending = PendingRequest(round=round, idx=[int(i) for i in idx])
+        pending = PendingRequest(round=round, idx=[int(i) for i in idx],
+                                 scores=None if scores is None else [float(v) for v in scores])
         if prev is not None and prev.round == round:  # the tally of earlier sessions of this batch
             pending.received, pending.seconds = prev.received, list(prev.seconds)
+            if scores is None and prev.scores is not None:  # a resumed batch keeps its scores
+                kept = dict(zip(prev.idx, prev.scores, strict=True))
+                pending.scores = [kept[i] for i in pending.idx] if all(i in kept for i in pending.idx) else None
         progress_.pending = pending
         self.save()
         if len(idx) == 0:  # nothing to ask (e.g. seed labels already cover the initial set)
@@ -67,14 +73,20 @@ class OracleSession:
         else:
             faults.point("oracle")
             with progress.paused(self.oracle.interactive):
-                result = self.oracle.label(LabelRequest(round=round, idx=idx, predicted=predicted,
-                                                        confidence=confidence, labelled=self.state.labels.copy()))
+                result = self.oracle.label(LabelRequest(
+                    round=round, idx=idx, predicted=predicted, confidence=confidence,
+                    labelled=self.state.labels.copy(),
+                    scores=None if pending.scores is None else np.asarray(pending.scores, dtype=float)))
             faults.point("oracle_done")
         extra = set(int(i) for i in result.idx) - set(int(i) for i in idx)
         if extra:
             raise RuntimeError(f"oracle {type(self.oracle).__name__} labelled indices that were not requested: "
                                f"{sorted(extra)[:10]}")
         self.state.label(result.idx, result.labels, round, num_classes=self.data.num_classes)
+        if result.corrections and not result.pending:  # labels a person changed after they were used
+            self.state.correct(np.fromiter(result.corrections, dtype=np.int64),
+                               np.fromiter(result.corrections.values(), dtype=np.int64), round,
+                               num_classes=self.data.num_classes)
         pending.received += int(len(result.idx))
         if result.seconds is not None:
             pending.seconds += [float(t) for t in result.seconds]
@@ -85,6 +97,8 @@ class OracleSession:
             self.oracle.reopen(round, idx)
             result.pending = True
         if result.pending:
+            if pending.scores is not None:
+                pending.scores = [v for i, v in zip(idx, pending.scores, strict=True) if self.state.labelled_round[i] < 0]
             pending.idx = [int(i) for i in idx if self.state.labelled_round[i] < 0]
             self.save()
             return False, {}

@@ -34,12 +34,14 @@ class PendingRequest:
         idx: absolute pool indices still waiting for a label.
         received: labels received for this round so far (skips excluded).
         seconds: a person's seconds per label received so far (empty for simulated oracles).
+        scores: the acquisition score of each index of ``idx`` (shown to the person), or None.
     """
 
     round: int
     idx: list[int]
     received: int = 0
     seconds: list[float] = field(default_factory=list)
+    scores: list[float] | None = None
 
 
 @dataclass
@@ -60,6 +62,8 @@ class RunProgress:
         unlogged: metrics recorded with the labels of a batch but not yet sent to MLflow, as
             ``{"step": number of labels, "metrics": {name: value}}``; the loop sends them with the
             next round's metrics in one request (saved here, so a crash in between loses none).
+        corrections: labels a person changed after their round was used (:meth:`PoolState.correct`),
+            as ``{"index", "old", "new", "round"}`` (``round``: the batch that brought the change).
     """
 
     dataset_fingerprint: str = ""
@@ -73,6 +77,7 @@ class RunProgress:
     tracking_uri: str | None = None
     seed_labels: int = 0
     unlogged: list[dict] = field(default_factory=list)
+    corrections: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (with a format ``version``)."""
@@ -228,6 +233,44 @@ class PoolState:
                                  f"for indices {idx[wrong].tolist()}")
         self.labels[idx] = y
         self.labelled_round[idx] = round
+
+    def correct(self, idx: np.ndarray, y: np.ndarray, round: int, num_classes: int | None = None) -> int:
+        """Change labels a person corrected after they were used (the only way a recorded label
+        changes). Each sample keeps its round (the budget is unchanged); every change is appended to
+        ``progress.corrections``. A "correction" to the label already recorded changes nothing.
+
+        Args:
+            idx: ``[k] int`` absolute indices, all labelled, no duplicates.
+            y: ``[k] int`` the new labels.
+            round: the round whose batch brought the corrections.
+
+        Returns:
+            How many labels changed.
+
+        Raises:
+            ValueError: mismatched lengths, duplicates, indices out of range or not labelled, or
+                labels outside ``[0, num_classes)``. Nothing is written when any check fails.
+        """
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        y = np.asarray(y, dtype=np.int64).reshape(-1)
+        if idx.shape != y.shape:
+            raise ValueError(f"got {len(idx)} indices but {len(y)} corrected labels")
+        if len(np.unique(idx)) != len(idx):
+            raise ValueError(f"duplicate indices in one correction: {idx.tolist()}")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
+            raise ValueError(f"corrected indices out of range [0, {self.n}): {idx.tolist()}")
+        unlabelled = idx[self.labelled_round[idx] < 0]
+        if len(unlabelled):
+            raise ValueError(f"only recorded labels can be corrected; not labelled: {unlabelled.tolist()}")
+        if num_classes is not None and ((y < 0) | (y >= num_classes)).any():
+            raise ValueError(f"corrected labels must lie in [0, {num_classes}), got {y.tolist()}")
+        changed = idx[self.labels[idx] != y]
+        for i, new in zip(idx.tolist(), y.tolist(), strict=True):
+            if self.labels[i] != new:
+                self.progress.corrections.append({"index": i, "old": int(self.labels[i]), "new": int(new),
+                                                  "round": int(round)})
+                self.labels[i] = new
+        return int(len(changed))
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> Path:

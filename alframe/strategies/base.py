@@ -49,6 +49,11 @@ class QueryStrategy:
         """
         raise NotImplementedError
 
+    def scores_of(self, outputs: ModelOutputs, chosen: np.ndarray) -> np.ndarray | None:
+        """The acquisition score of each chosen sample (shown to a person who labels them), or
+        None when the strategy has no per-sample score (a batch or random choice)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -67,6 +72,13 @@ class ScoreStrategy(QueryStrategy):
     def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         scores = np.asarray(self.score(outputs), dtype=np.float64)
         return top_k(scores, outputs.idx, k)
+
+    def scores_of(self, outputs: ModelOutputs, chosen: np.ndarray) -> np.ndarray:
+        """``[k] float``: :meth:`score` of each chosen sample (computed again: a score is cheap
+        next to the model outputs it reads)."""
+        scores = np.asarray(self.score(outputs), dtype=np.float64)
+        position = {int(i): p for p, i in enumerate(np.asarray(outputs.idx).tolist())}
+        return scores[[position[int(i)] for i in chosen]]
 
 
 def top_k(scores: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
