@@ -28,7 +28,7 @@ from alframe.models.base import ALNet
 from alframe.oracles.session import OracleSession
 from alframe.rundir.claim import claim_run_folder, holding_claim, undo_claim_on_error
 from alframe.rundir.resume import save_files_manifest
-from alframe.rundir.state import PendingRequest, RunProgress
+from alframe.rundir.state import PendingRequest
 from alframe.scoring.evaluate import evaluate_many
 from alframe.tracking.run import RunResult, Tracker, close_run, write_queries_csv
 from alframe.training.trainer import (
@@ -73,10 +73,7 @@ class Experiment:
             hook.setup(self.run_ctx)
         self._csv_labels: tuple[int, int] | None = None  # (labels, corrections) queries.csv was written for
 
-    @property
-    def progress(self) -> RunProgress:
-        """Where the run stands (saved with the pool state)."""
-        return self.state.progress
+    progress = property(lambda self: self.state.progress, doc="Where the run stands (saved with the pool state).")
 
     # ------------------------------------------------------------------ the loop
     @holding_claim  # the run folder stays locked while the run goes on
@@ -175,11 +172,10 @@ class Experiment:
         return net
 
     def _query(self, r: int, net: ALNet, tracker: Tracker) -> tuple[np.ndarray, np.ndarray | None]:
-        """Round ``r``'s batch: ``[k] int64`` pool indices and their acquisition scores (or None)
-        (:func:`~alframe.loop.selection.query`)."""
+        """Round ``r``'s ``[k] int64`` pool indices and scores (or None): :func:`~alframe.loop.selection.query`."""
         with progress.status(f"round {r}: scoring the pool"):
-            chosen, seconds, scores = query(self.settings, self.strategy, net, self.data, self.state, r, self.device,
-                                            self.spread)
+            chosen, seconds, scores = query(self.settings, self.strategy, net, self.data, self.state, r,
+                                            self.device, self.spread)
         faults.point("query_done")
         tracker.log_metrics(seconds, step=self.state.n_labelled, defer=True)
         return chosen, scores
@@ -210,8 +206,7 @@ class Experiment:
         self.state.save(self.run_dir)
         faults.point("state_saved")
         path = self.run_dir / "queries.csv"
-        # labels are added, or corrected (a person changed a used label in Label Studio)
-        revision = (self.state.n_labelled, len(self.progress.corrections))
+        revision = (self.state.n_labelled, len(self.progress.corrections))  # labels added or corrected
         if revision != self._csv_labels or not path.is_file():
             write_queries_csv(path, self.state, self.data.class_names, self.data.extras.get("files"))
             self._csv_labels = revision
