@@ -69,16 +69,16 @@ class Page:
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True).start()
         deadline = time.monotonic() + timeout
-        while not (url := next((m.group(0) for line in list(self.lines)
-                                if (m := re.search(r"http://127\.0\.0\.1:\d+/", line))), None)):
+        while not (m := next((m for line in list(self.lines)
+                              if (m := re.search(r"(http://127\.0\.0\.1:\d+/)\?token=([\w-]+)", line))), None)):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(self.lines) + proc.stderr.read()
             time.sleep(0.1)
-        self.url, self.proc = url, proc
+        self.url, self.token, self.proc = m.group(1), m.group(2), proc  # the printed token URL
 
     def call(self, path: str, body: dict | None = None) -> dict:
         req = urllib.request.Request(self.url + path.lstrip("/"), method="GET" if body is None else "POST",
                                      data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "X-Alframe-Token": self.token})
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
@@ -92,8 +92,8 @@ class Page:
             time.sleep(0.2)
 
     def label(self, idx: list[int], truth: np.ndarray) -> None:
-        for i in idx:
-            self.call("/api/label", {"index": i, "label": int(truth[i])})
+        for i in idx:  # a write names the version of the state it was based on
+            self.call("/api/label", {"index": i, "label": int(truth[i]), "version": self.call("/api/state")["version"]})
 
 
 def test_a_second_web_process_on_the_run_is_refused_and_the_first_keeps_every_label(tmp_path):
