@@ -32,10 +32,27 @@ def where(tmp_path: Path) -> list[str]:
     return [f"paths.output_root={tmp_path / 'out'}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    """Kill what a test started and left running (a failed assertion must not leave a web oracle
+    waiting for labels forever)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 def start(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "alframe.cli.run", *args], cwd=cwd, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "alframe.cli.run", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _STARTED.append(proc)
+    return proc
 
 
 def alframe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -101,7 +118,7 @@ def test_a_second_web_process_on_the_run_is_refused_and_the_first_keeps_every_la
     ports). The second stops in one line naming the first's PID, changes nothing and leaves no
     folder; the first ends with exactly the labels given on its page, each round logged once."""
     truth = digits().targets
-    args = ["oracle=web", "oracle.port=0", "trainer.max_epochs=2", "loop.initial_size=6", "loop.query_size=4",
+    args = ["oracle=web", "oracle.port=0", "oracle.timeout_s=900", "trainer.max_epochs=2", "loop.initial_size=6", "loop.query_size=4",
             "loop.rounds=1", "loop.resume=true", *where(tmp_path)]
     first = start(*args, cwd=tmp_path)
     page = Page(first)
@@ -109,7 +126,7 @@ def test_a_second_web_process_on_the_run_is_refused_and_the_first_keeps_every_la
     page.label(r0[:3], truth)
     (run_dir,) = (tmp_path / "out" / "runs").glob("*/*")
     before = snapshot(tmp_path)
-    for extra in ([], ["oracle.port=0", f"hydra.run.dir={run_dir}"]):  # found under output_root; named
+    for extra in ([], [f"hydra.run.dir={run_dir}"]):  # found under output_root; named
         second = alframe(*args, *extra, cwd=tmp_path)
         refused_in_one_line(second, f"run folder {run_dir} is in use by PID {first.pid} on host",
                             "nothing was changed")
