@@ -15,6 +15,7 @@ key, the file and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import zipfile
 from collections.abc import Sequence
@@ -48,6 +49,18 @@ class TensorFeatureDataset(TensorImageDataset):
         return [Stacked((self.x[t], self.y[t]))]
 
 
+@contextlib.contextmanager
+def _read_errors(pickled: str, unreadable: str):
+    """numpy's read errors as one DatasetError line: ``pickled`` for an object array (refused with
+    ``allow_pickle=False``), else ``unreadable`` with the cause."""
+    try:
+        yield
+    except ValueError as e:
+        raise DatasetError(pickled if "allow_pickle" in str(e) else f"{unreadable} ({e})") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"{unreadable} ({type(e).__name__}: {e})") from e
+
+
 def _load(path: Path, what: str):
     """``np.load`` without pickles; a broken or pickled file is one DatasetError line."""
     with path.open("rb") as f:
@@ -57,27 +70,16 @@ def _load(path: Path, what: str):
                            "save plain numeric arrays with np.save / np.savez")
     if head != b"\x93NUMPY" and head[:4] != b"PK\x03\x04":
         raise DatasetError(f"{what}={path} is not a readable .npy/.npz file (it starts with {head!r})")
-    try:
+    with _read_errors(f"{what}={path} holds a pickled object array, which alframe does not load "
+                      "(allow_pickle=False): save plain numeric arrays, e.g. x.astype(np.float32)",
+                      f"{what}={path} is not a readable .npy/.npz file"):
         return np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise DatasetError(f"{what}={path} holds a pickled object array, which alframe does not load "
-                               "(allow_pickle=False): save plain numeric arrays, e.g. x.astype(np.float32)") from e
-        raise DatasetError(f"{what}={path} is not a readable .npy/.npz file ({e})") from e
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DatasetError(f"{what}={path} is not a readable .npy/.npz file ({type(e).__name__}: {e})") from e
 
 
 def _member(npz, key: str, path: Path, what: str) -> np.ndarray:
-    try:
+    with _read_errors(f"{what}={path}: array {key!r} is a pickled object array, which alframe does not "
+                      "load (allow_pickle=False): save plain numeric arrays", f"{what}={path}: array {key!r} is unreadable"):
         return npz[key]
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise DatasetError(f"{what}={path}: array {key!r} is a pickled object array, which alframe does not "
-                               "load (allow_pickle=False): save plain numeric arrays") from e
-        raise DatasetError(f"{what}={path}: array {key!r} is unreadable ({e})") from e
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DatasetError(f"{what}={path}: array {key!r} is unreadable ({type(e).__name__}: {e})") from e
 
 
 def _pick(names: Sequence[str], keys: tuple[str, ...], path: Path, what: str, kind: str) -> str | None:

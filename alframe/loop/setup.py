@@ -103,7 +103,7 @@ def start_tracking(s: Settings, progress: RunProgress, strategy: str, dataset: s
     uri = progress.tracking_uri or tracking_uri_of(s)  # a resumed run stays in its store
     tags = {"strategy": strategy, "dataset": dataset, "model": s.model.name, "seed": s.seed, "oracle": oracle,
             "run_dir": str(run_dir), "threads": torch.get_num_threads(), "alframe.version": __version__,
-            **({"alframe.commit": source_commit()} if source_commit() else {}), **({"sweep_id": sweep_id} if sweep_id else {}),
+            **({"alframe.commit": commit} if (commit := source_commit()) else {}), **({"sweep_id": sweep_id} if sweep_id else {}),
             **({"alframe.smoke": "true"} if s.smoke else {})}
     tracker = start_run(uri, s.mlflow.experiment_name, progress.run_id, s.mlflow.run_name, tags,
                         OmegaConf.to_container(s.raw, resolve=True), run_dir)
