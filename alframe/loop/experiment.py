@@ -133,10 +133,12 @@ class Experiment:
     def _train(self, r: int, prev: ALNet | None = None) -> tuple[ALNet, dict]:
         """Train and evaluate round ``r``'s model; save it. Returns ``(net, metrics row)``."""
         state, n, row, pseudo = self.state, self.state.n_labelled, {}, []
-        loaded: list[ALNet | None] = [prev] if prev is not None else []
+        loaded: dict[str, ALNet | None] = {} if prev is None else {"net": prev}
 
         def previous_model() -> ALNet | None:  # loaded once, only when a hook asks
-            return loaded[0] if loaded else loaded.append(self._load_net()) or loaded[0]
+            if "net" not in loaded:
+                loaded["net"] = self._load_net()
+            return loaded["net"]
 
         for hook in self.hooks:
             extra, metrics = hook.training_set(self.run_ctx, r, previous_model)
