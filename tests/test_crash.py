@@ -19,7 +19,8 @@ import pytest
 from mlflow import MlflowClient
 
 from alframe.data.digits import digits
-from alframe.loop.experiment import Experiment, initial_indices
+from alframe.loop.experiment import Experiment
+from alframe.loop.selection import initial_indices
 from alframe.rundir.state import PoolState
 
 from .conftest import compose

@@ -188,7 +188,7 @@ def test_bad_sizes_are_config_errors_naming_the_key(tmp_path):
 # --------------------------------------------------------------------------- balanced initial set
 @pytest.mark.parametrize("k", [20, 25])
 def test_class_balanced_initial_set_has_the_per_class_counts(tmp_path, k):
-    from alframe.loop.experiment import initial_indices
+    from alframe.loop.selection import initial_indices
     from alframe.rundir.state import PoolState
 
     write_mnist_like(tmp_path / "data", n_train=150)

@@ -44,6 +44,10 @@ PROTOCOL = {
                                          "trainer.protocol": "batchbald2019", "loop.rounds": 18,
                                          "loop.pool_subset": None, "dataset.train_size": 1100,
                                          "loop.consistent_dropout": True},
+    # alframe's own cold-start protocol (experiments/coldstart_mnist/README.md)
+    "coldstart_mnist": {"dataset.name": "mnist", "model.name": "frozen", "ssl.method": "simclr",
+                        "loop.initial_size": 10, "loop.initial_by_strategy": True, "loop.query_size": 10,
+                        "loop.rounds": 9, "trainer.protocol": "steps", "strategy.name": "typiclust"},
     "coreset2018_cifar10": {"dataset.name": "cifar10", "model.name": "resnet18", "strategy.name": "coreset",
                             "loop.initial_size": 5000, "loop.query_size": 5000,
                             "model.optimizer._target_": "torch.optim.SGD"},
@@ -102,7 +106,7 @@ def test_every_paper_config_names_its_protocol(tmp_path):
     for name in EXPERIMENTS:
         cfg = _compose([f"experiment={name}"], tmp_path, tmp_path / "m.db")
         want = "gal2017" if name.startswith("gal2017") else "batchbald2019" if name.startswith("batchbald") \
-            else "steps" if name.startswith("frozen_features") else "epochs"
+            else "steps" if name.startswith(("frozen_features", "coldstart")) else "epochs"
         assert cfg.trainer.protocol == want, name
         own = (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
         assert "override /trainer:" in own or "protocol:" in own or name.endswith("_cpu") \
@@ -143,7 +147,8 @@ def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # n
                     *(["dataset.verify_checksums=false"] if "cifar" in name else [])], tmp_path, store)
     result = run_experiment(cfg, tmp_path / "job")
     assert result.status == "finished"
-    assert [h["n_labelled"] for h in result.history] == [20, 30]
+    first = min(20, cfg.loop.initial_size)
+    assert [h["n_labelled"] for h in result.history] == [first, first + 10]
     client = MlflowClient(f"sqlite:///{store}")
     run = client.get_run(result.run_id)
     assert client.get_experiment(run.info.experiment_id).name == f"{name}-smoke"
@@ -151,4 +156,4 @@ def test_experiment_runs_one_smoke_round(name, tmp_path, data_root, store):  # n
     assert run.data.params["smoke"] == "True" and run.data.tags["alframe.smoke"] == "true"
     assert run.data.tags["strategy"] == cfg.strategy.name
     steps = [m.step for m in client.get_metric_history(result.run_id, "test_accuracy")]
-    assert sorted(steps) == [20, 30]
+    assert sorted(steps) == [first, first + 10]

@@ -11,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from alframe.data.digits import digits
-from alframe.loop.experiment import Experiment, initial_indices
+from alframe.loop.experiment import Experiment
+from alframe.loop.selection import initial_indices
 from alframe.oracles import LabelRequest, LabelResult, NoisyOracle, StoredOracle, TerminalOracle, parse_label
 from alframe.oracles.answers import SKIP, AnswerStore
 from alframe.oracles.render import RAMP, HalfBlockImage, terminal_preview

@@ -45,6 +45,9 @@ def validate_static(cfg: DictConfig) -> None:
     resume = _get(cfg, "loop.resume")
     if not isinstance(resume, (bool, str)):
         raise ConfigError(f"loop.resume={resume!r} is invalid: must be true, false or a run directory path")
+    if _get(cfg, "loop.initial_balanced") and _get(cfg, "loop.initial_by_strategy"):
+        raise ConfigError("loop.initial_balanced=true and loop.initial_by_strategy=true both choose the initial set: "
+                          "set one of them to false")
     validate_protocol(cfg)
 
 

@@ -29,7 +29,7 @@ DEFAULT_HOOKS = {
 
 #: keys each release added, with their defaults, oldest first: a run folder saved before a key
 #: existed still resumes, as its fingerprint is the one without the keys added since
-#: (:func:`config_fingerprints`). 0.1 -> 0.1.x, then 0.1.x -> 0.2.
+#: (:func:`config_fingerprints`). 0.1 -> 0.1.x, 0.1.x -> 0.2, 0.2 -> 0.3.
 ADDED_KEYS = [
     {"trainer._target_": "pytorch_lightning.Trainer", "trainer.protocol": "epochs",
      "trainer.steps_per_round": None, "trainer.epoch_samples": None, "trainer.restore_best": False,
@@ -37,6 +37,7 @@ ADDED_KEYS = [
      "loop.stop_window": 3, "loop.stop_set_size": 1000, "loop.machine_label_evidence": True,
      "model.module": {"_target_": "alframe.models.lightning.ALClassifier", "_partial_": True}},
     {"hooks": DEFAULT_HOOKS},
+    {"loop.initial_by_strategy": False},
 ]
 
 

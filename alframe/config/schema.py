@@ -31,6 +31,11 @@ class LoopConfig:
     Attributes:
         initial_size: labels in the initial labelled set (round 0), chosen at random.
         initial_balanced: class-balanced initial set (simulation only: uses stored labels).
+        initial_by_strategy: the run's strategy chooses the initial set too (a cold start), from
+            the outputs of the round-0 network before any training; only strategies that need
+            no trained model (``cold_start``: random, kmeans, typiclust, probcover, a
+            budget_switch starting with one). Meant for fixed features (``ssl=simclr``,
+            ``model=frozen``, ``dataset=features``), whose embeddings need no labels.
         query_size: query (acquisition) batch size per round, in labels.
         rounds: query rounds after round 0 (null = until the budget or the pool run out).
         budget: total number of labels, initial set included (null = no cap).
@@ -57,6 +62,7 @@ class LoopConfig:
 
     initial_size: int = _f(20, ge=1)
     initial_balanced: bool = False
+    initial_by_strategy: bool = False
     query_size: int = _f(10, ge=1)
     rounds: Optional[int] = _f(15, ge=0)
     budget: Optional[int] = _f(None, ge="initial_size")

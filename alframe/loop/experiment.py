@@ -6,8 +6,8 @@
     score the pool (or a random subset), once, with what the strategy requires
     strategy picks k pool indices -> oracle labels them -> state.label(...) -> save state
 
-Round 0 trains on the initial labelled set; ``loop.rounds`` counts the query rounds after it.
-Round ``r``'s randomness comes from ``(seed, r)`` (:mod:`alframe.training.seeds`): a resumed run
+Round 0 trains on the initial labelled set (:func:`~alframe.loop.selection.initial_request`);
+``loop.rounds`` counts the query rounds after it. Round ``r``'s randomness comes from ``(seed, r)`` (:mod:`alframe.training.seeds`): a resumed run
 repeats an uninterrupted one. Per-round extras are round hooks (:mod:`alframe.loop.hooks`).
 """
 
@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from alframe import faults, progress
 from alframe.config.settings import Settings, settings_of
 from alframe.loop.hooks import Run
-from alframe.loop.selection import initial_indices, query, record_seed_labels
+from alframe.loop.selection import initial_request, query, record_seed_labels
 from alframe.loop.setup import build_parts, start_tracking
 from alframe.models.base import ALNet
 from alframe.oracles.session import OracleSession
@@ -98,7 +98,8 @@ class Experiment:
                 k0 = record_seed_labels(self.data, self.state, self.settings.loop.initial_size)
                 if self.progress.seed_labels:
                     self._save()
-                pending = PendingRequest(round=0, idx=initial_indices(self.settings, self.data, self.state, k0).tolist())
+                pending = PendingRequest(round=0, idx=initial_request(  # seeded random, or a cold start
+                    self.settings, self.strategy, self.data, self.state, k0, self.device, self.spread, tracker).tolist())
             if pending is not None:  # a batch sent before the interruption
                 net = self._load_net() if pending.round > 0 else None
                 complete = self.session.ask(pending.round, np.asarray(pending.idx, dtype=np.int64), net)[0]

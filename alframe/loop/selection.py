@@ -15,6 +15,7 @@ from alframe.rundir.state import PoolState
 from alframe.scoring.pool import compute_outputs
 from alframe.strategies.base import QueryStrategy
 from alframe.training.seeds import SCORE, round_rng, round_seed
+from alframe.training.trainer import build_net
 
 
 def initial_indices(cfg, data: ALData, state: PoolState, k: int | None = None) -> np.ndarray:
@@ -43,6 +44,31 @@ def initial_indices(cfg, data: ALData, state: PoolState, k: int | None = None) -
     rest = np.setdiff1d(pool, chosen)
     extra = rng.choice(rest, size=k - len(chosen), replace=False)
     return np.sort(np.concatenate([chosen, extra]).astype(np.int64))
+
+
+def initial_request(s, strategy: QueryStrategy, data: ALData, state: PoolState, k: int, device,
+                    spread=None, tracker=None) -> np.ndarray:
+    """The initial set to request: :func:`initial_indices`, or with ``loop.initial_by_strategy``
+    (a cold start) the strategy's pick of ``k`` from the outputs of round 0's network before
+    training (built with round 0's seed, so a resumed run picks the same set). On fixed
+    features (``ssl=simclr``, ``model=frozen`` with a linear head) its embeddings are those
+    features, so TypiClust, ProbCover and k-means choose exactly as on the features.
+
+    Args:
+        tracker: the run's :class:`~alframe.tracking.run.Tracker`; a cold start's timings and
+            the strategy's ``last_info`` (as :func:`query` gives them) go out with its next request.
+
+    Returns:
+        ``[k] int64`` sorted pool indices.
+    """
+    if not s.loop.initial_by_strategy or k == 0:
+        return initial_indices(s, data, state, k)
+    torch.manual_seed(round_seed(s.seed, 0))
+    net = build_net(s, data.num_classes, data.input_shape).to(device).eval()
+    chosen, info, _ = query(s, strategy, net, data, state, 0, device, spread, k=k)
+    if tracker is not None:
+        tracker.log_metrics(info, step=state.n_labelled, defer=True)
+    return np.sort(chosen)
 
 
 def check_query(chosen: np.ndarray, candidates: np.ndarray, state: PoolState, k: int, name: str) -> None:
@@ -79,7 +105,7 @@ def record_seed_labels(data: ALData, state: PoolState, initial_size: int) -> int
 
 
 def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState, r: int, device,
-          spread=None) -> tuple[np.ndarray, dict[str, float], np.ndarray | None]:
+          spread=None, k: int | None = None) -> tuple[np.ndarray, dict[str, float], np.ndarray | None]:
     """Score the pool (or a seeded subset of ``loop.pool_subset``) once, with what the strategy
     ``requires``, and let it pick round ``r``'s batch of ``loop.query_size`` (capped by the budget
     and the pool).
@@ -87,6 +113,7 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
     Args:
         s: the run's settings.
         device, spread: where scoring runs (:mod:`alframe.scoring`).
+        k: the batch size instead of ``loop.query_size`` (the initial set: :func:`initial_query`).
 
     Returns:
         ``([k] int64 pool indices, {"score_seconds", "query_seconds"}, [k] float acquisition
@@ -97,7 +124,8 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
         RuntimeError: the strategy broke its contract.
     """
     loop, rng, pool = s.loop, round_rng(s.seed, r), state.pool_idx
-    k = loop.query_size if loop.budget is None else min(loop.query_size, loop.budget - state.n_labelled)
+    k = loop.query_size if k is None else int(k)
+    k = k if loop.budget is None else min(k, loop.budget - state.n_labelled)
     k = min(k, len(pool))
     candidates = pool
     if loop.pool_subset is not None and loop.pool_subset < len(pool):

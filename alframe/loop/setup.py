@@ -66,6 +66,11 @@ def build_parts(s: Settings, run_dir: Path, resuming: bool) -> Parts:
             strategy.consistent_dropout = s.loop.consistent_dropout
         except ValueError as e:  # a strategy that needs one mode (EPIG: consistent masks)
             raise ConfigError(f"loop.consistent_dropout={s.loop.consistent_dropout}: {e}") from None
+    if s.loop.initial_by_strategy and not strategy.cold_start:
+        raise ConfigError(f"loop.initial_by_strategy=true: strategy={strategy.name} needs a trained model's "
+                          "predictions, so it cannot choose the initial set; use a cold-start strategy (random, "
+                          "kmeans, typiclust, probcover, or budget_switch starting with one) or "
+                          "loop.initial_by_strategy=false")
     oracle = _instance(s.oracle, "oracle", Oracle, "Oracle")
     hooks = [_instance(node, f"hooks.{name}", RoundHook, "RoundHook") for name, node in s.hooks.items()]
     fingerprint, accepted = config_fingerprints(s.raw)

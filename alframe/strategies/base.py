@@ -20,6 +20,9 @@ class QueryStrategy:
         requires: model outputs the strategy reads (see :mod:`alframe.scoring.pool`).
         consistent_dropout: MC strategies only: score the pool with one dropout mask per MC
             sample shared by all points, seeded by the round (``compute_outputs(mask_seed=...)``).
+        cold_start: the strategy can choose the initial labelled set, before any model is
+            trained (``loop.initial_by_strategy``): it reads no prediction of the network, only
+            embeddings (which, on fixed features, need no labels) or nothing.
 
     Instance attribute (optional): ``last_info: dict[str, float]``, numbers about the last
     :meth:`query` for the loop to log (e.g. ProbCover's ``probcover_delta``); read it with
@@ -32,6 +35,7 @@ class QueryStrategy:
     requires: frozenset[str] = frozenset()
     mc_samples: int = 0
     consistent_dropout: bool = False
+    cold_start: bool = False
 
     def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()

@@ -181,8 +181,8 @@ class ProbCover(QueryStrategy):
     classes (read from ``probs``) or ``n_clusters``; the largest delta with purity >= ``alpha``,
     computed exactly (an order statistic of the distances to the nearest point of another
     cluster) rather than on a grid of radii. The authors embed with a self-supervised model and
-    L2-normalise; alframe uses the model's penultimate embeddings, L2-normalised when
-    ``normalize``. The chosen delta is recomputed each query (the embeddings change).
+    L2-normalise; alframe uses the model's penultimate embeddings (the self-supervised
+    features themselves with ``ssl=simclr model=frozen``), L2-normalised when ``normalize``. The chosen delta is recomputed each query (the embeddings change).
 
     After each :meth:`query`, ``last_info`` holds ``probcover_delta`` (in units of the
     normalised embeddings; left out when infinite: a single cluster), ``probcover_purity``
@@ -209,6 +209,8 @@ class ProbCover(QueryStrategy):
         ValueError: a parameter out of range (at construction); in :meth:`query`, ``k < 1`` or
             a graph larger than ``max_edges``.
     """
+
+    cold_start = True
 
     def __init__(self, name: str | None = None, delta: float | None = None, alpha: float = 0.95,
                  n_clusters: int | None = None, normalize: bool = True, max_iter: int = 20,

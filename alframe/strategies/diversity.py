@@ -205,6 +205,7 @@ class KMeansSampling(QueryStrategy):
     """
 
     requires = frozenset({"embeddings"})
+    cold_start = True
 
     def __init__(self, name: str | None = None, n_init: int = 1, max_iter: int = 20):
         super().__init__(name)
@@ -354,6 +355,7 @@ class TypiClust(QueryStrategy):
     """
 
     requires = frozenset({"embeddings", "labelled_embeddings"})
+    cold_start = True
 
     def __init__(self, name: str | None = None, k_nn: int = 20, min_cluster_size: int = 5,
                  max_clusters: int = 500, max_iter: int = 20):

@@ -58,6 +58,11 @@ class BudgetSwitch(QueryStrategy):
         self.last_info: dict[str, float] = {}
 
     @property
+    def cold_start(self) -> bool:
+        """The strategy that chooses at 0 labels can choose without a trained model."""
+        return (self.first if self.switch_at > 0 else self.then).cold_start
+
+    @property
     def consistent_dropout(self) -> bool:
         return any(s.consistent_dropout for s in (self.first, self.then) if "mc_probs" in s.requires)
 

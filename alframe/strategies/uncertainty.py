@@ -12,6 +12,8 @@ from alframe.strategies.base import QueryStrategy, ScoreStrategy, entropy
 class RandomSampling(QueryStrategy):
     """Uniform random sampling from the candidates (the passive-learning baseline)."""
 
+    cold_start = True
+
     def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         if k < 1:
             raise ValueError(f"query size k must be >= 1, got {k}")
