@@ -79,7 +79,7 @@ def test_random_and_the_switch_start_cold(run, features, monkeypatch):
     calls = []
     original = ProbCover.query
     monkeypatch.setattr(ProbCover, "query", lambda self, o, k, rng: calls.append(o.n_labelled) or original(self, o, k, rng))
-    run(*overrides, "strategy=budget_switch", "strategy.switch_at=30", job="s")
+    run(*overrides, "strategy=budget_switch", "strategy.switch_at=30", "+strategy@strategy.first=probcover", job="s")
     assert calls == [0]
 
 

@@ -301,7 +301,7 @@ def test_switch_mc_settings():
 
 def test_switch_config_instantiates_both_sides_recursively(tmp_path):
     s = instantiate(OmegaConf.load(f"{CONFIG_DIR}/strategy/budget_switch.yaml"))
-    assert isinstance(s.first, ProbCover) and isinstance(s.then, Margin) and s.switch_at == 100
+    assert isinstance(s.first, TypiClust) and isinstance(s.then, Margin) and s.switch_at == 100
     assert s.requires == {"embeddings", "labelled_embeddings", "probs"} and s.mc_samples == 0
     # either side from a strategy file, with its parameters (the documented override)
     cfg = compose(["strategy=budget_switch", "strategy.switch_at=40", "+strategy@strategy.first=typiclust",
@@ -318,14 +318,14 @@ def test_switch_config_instantiates_both_sides_recursively(tmp_path):
 
 def test_switch_in_the_loop_changes_side_at_switch_at(run, monkeypatch):
     """Through the real loop on digits (20 initial labels, 10 per round): round 1 is scored at
-    20 labels and queried by ProbCover, round 2 at 30 labels by Margin; the loop fills
+    20 labels and queried by TypiClust, round 2 at 30 labels by Margin; the loop fills
     ``ModelOutputs.n_labelled``."""
     calls = []
-    for cls in (ProbCover, Margin):
+    for cls in (TypiClust, Margin):
         def spy(self, outputs, k, rng, _original=cls.query, _cls=cls):
             calls.append((_cls, outputs.n_labelled))
             return _original(self, outputs, k, rng)
         monkeypatch.setattr(cls, "query", spy)
     res = run("strategy=budget_switch", "strategy.switch_at=30", "loop.rounds=2", "trainer.max_epochs=1")
-    assert calls == [(ProbCover, 20), (Margin, 30)]
+    assert calls == [(TypiClust, 20), (Margin, 30)]
     assert res.run_dir.is_dir()
