@@ -254,7 +254,7 @@ def test_typiclust_picks_most_typical_point_of_largest_uncovered_cluster():
     lab = np.array([[0.0, 30.5], [0.5, 30.0]])
     out = ModelOutputs(idx=np.arange(115), embeddings=torch.tensor(emb, dtype=torch.float32),
                        labelled_embeddings=torch.tensor(lab, dtype=torch.float32))
-    s = TypiClust(max_clusters=3)
+    s = TypiClust(max_clusters=3, normalize=False)  # the blobs' own geometry
     assert s.query(out, 1, rng()).tolist() == [most_typical(big)]
     # k = 2: both uncovered blobs, largest first, before the covered one
     assert s.query(out, 2, rng()).tolist() == [most_typical(big), 40 + most_typical(mid)]
@@ -302,3 +302,25 @@ def test_k_center_pruning_is_exact(seed, n_lab):
         dist = torch.minimum(dist, (xd - xd[j]).norm(dim=1))
         dist[ref] = -float("inf")
     assert k_center_greedy(x, lab if n_lab else x[:0], 40, rng(seed)).tolist() == ref
+
+
+def test_typiclust_normalize_clusters_directions_not_lengths():
+    """``normalize=True`` is TypiClust on the L2-normalised embeddings: the same picks as
+    ``normalize=False`` given normalised rows, and two rays of points (one direction each, lengths
+    1 to 30) are its two clusters, one pick from each."""
+    gen = np.random.default_rng(1)
+    length = np.concatenate([np.linspace(1, 30, 30), np.linspace(1, 30, 20)])
+    angle = np.concatenate([np.zeros(30), np.full(20, np.pi / 2)]) + gen.normal(0, 0.02, 50)
+    emb = np.stack([np.cos(angle), np.sin(angle)], 1) * length[:, None]
+    lab = np.zeros((0, 2))
+    out = ModelOutputs(idx=np.arange(50), embeddings=torch.tensor(emb, dtype=torch.float32),
+                       labelled_embeddings=torch.tensor(lab, dtype=torch.float32))
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    out_unit = ModelOutputs(idx=np.arange(50), embeddings=torch.tensor(unit, dtype=torch.float32),
+                            labelled_embeddings=torch.tensor(lab, dtype=torch.float32))
+    picks = TypiClust().query(out, 2, rng()).tolist()
+    assert picks == TypiClust(normalize=False).query(out_unit, 2, rng()).tolist()
+    assert sorted(p < 30 for p in picks) == [False, True]  # one per ray, the larger ray first
+    assert picks[0] < 30
+    with pytest.raises(ValueError, match="normalize must be true or false"):
+        TypiClust(normalize="yes")

@@ -37,7 +37,7 @@ ADDED_KEYS = [
      "loop.stop_window": 3, "loop.stop_set_size": 1000, "loop.machine_label_evidence": True,
      "model.module": {"_target_": "alframe.models.lightning.ALClassifier", "_partial_": True}},
     {"hooks": DEFAULT_HOOKS},
-    {"loop.initial_by_strategy": False},
+    {"loop.initial_by_strategy": False, "strategy.normalize": False},
 ]
 
 

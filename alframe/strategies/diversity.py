@@ -338,7 +338,9 @@ class TypiClust(QueryStrategy):
 
     Hacohen, Dekel & Weinshall 2022, "Active Learning on a Budget: Opposite Strategies Suit
     High and Low Budgets" (ICML), TPC-RP; meant for the initial and low-budget rounds. The
-    paper clusters self-supervised features; alframe uses the model's penultimate embeddings.
+    paper clusters self-supervised features, L2-normalised (the authors' code); alframe uses the
+    model's penultimate embeddings (the self-supervised features themselves with ``ssl=simclr
+    model=frozen``), L2-normalised when ``normalize``.
     The authors' code clusters with scikit-learn (KMeans up to 50 clusters, MiniBatchKMeans
     above) and measures typicality with faiss; alframe clusters with exact Lloyd iterations from
     greedy k-means++ seeds (:func:`alframe.strategies.clustering.kmeans`, at most ``max_iter``)
@@ -352,13 +354,17 @@ class TypiClust(QueryStrategy):
         min_cluster_size: clusters with at most this many points are visited last (5).
         max_clusters: cap on the number of clusters (500).
         max_iter: at most this many Lloyd iterations of the clustering (20; fewer when converged).
+        normalize: L2-normalise every embedding first (true, as the authors' features).
+
+    Raises:
+        ValueError: a parameter out of range; in :meth:`query`, ``k < 1``.
     """
 
     requires = frozenset({"embeddings", "labelled_embeddings"})
     cold_start = True
 
     def __init__(self, name: str | None = None, k_nn: int = 20, min_cluster_size: int = 5,
-                 max_clusters: int = 500, max_iter: int = 20):
+                 max_clusters: int = 500, max_iter: int = 20, normalize: bool = True):
         super().__init__(name)
         if int(k_nn) < 1 or int(min_cluster_size) < 0 or int(max_clusters) < 1 or int(max_iter) < 1:
             raise ValueError(f"need k_nn >= 1, min_cluster_size >= 0, max_clusters >= 1, max_iter >= 1; got "
@@ -366,6 +372,9 @@ class TypiClust(QueryStrategy):
                              f"max_iter={max_iter}")
         self.k_nn, self.min_cluster_size, self.max_clusters = int(k_nn), int(min_cluster_size), int(max_clusters)
         self.max_iter = int(max_iter)
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise ValueError(f"normalize must be true or false, got {normalize!r}")
+        self.normalize = bool(normalize)
 
     def query(self, outputs: ModelOutputs, k: int, rng: np.random.Generator) -> np.ndarray:
         k = check_k(k)
@@ -374,6 +383,8 @@ class TypiClust(QueryStrategy):
         k = min(k, m)
         x = outputs.require("embeddings")[torch.as_tensor(order)].float().numpy()
         lab = outputs.require("labelled_embeddings").float().numpy().reshape(-1, x.shape[1])
+        if self.normalize:  # cosine geometry, as the contrastive loss that made the features
+            x, lab = (a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in (x, lab))
         feats = np.concatenate([x, lab])  # candidates first, then the labelled set
         n_clusters = min(len(lab) + k, self.max_clusters, len(feats))
         cl = kmeans(feats, n_clusters, self.max_iter, rng).labels
