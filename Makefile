@@ -44,9 +44,11 @@ report: $(STAMP)  ## budget curves, AUBC, labels-to-target tables: ARGS="--exper
 bench: $(STAMP)  ## speed and memory benchmarks (prints ratios; see README)
 	$(BIN)/python -m benchmarks $(ARGS)
 
-label-studio-check: $(STAMP)  ## real Label Studio: files round trip + oracle=label_studio (own venv .venv-label-studio/, 127.0.0.1; not in `make test`)
+label-studio-check: $(STAMP)  ## real Label Studio: files round trip + oracle=label_studio through the API and in chromium (own venv .venv-label-studio/, 127.0.0.1; not in `make test`)
 	$(BIN)/python -m pip install --quiet -e ".[label-studio]"  # the SDK only (oracle=label_studio)
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/label_studio_check.py $(ARGS)
+	@# a round labelled with hotkeys in Label Studio's own page; says in one line why when it is skipped
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/label_studio_browser_check.py $(ARGS)
 
 ui: $(STAMP)  ## MLflow UI for the default store on http://127.0.0.1:5000; prints the budget-curve links (ARGS="--experiment NAME --sweep-id latest")
 	-$(BIN)/python -m alframe.cli.ui --tracking-uri sqlite:///$(CURDIR)/outputs/mlflow.db $(ARGS)

@@ -3,8 +3,10 @@
 digits job that goes on by itself while two annotators answer through the server's API, with a
 skip, an answer other than the prediction, a re-label after its round, a kill of alframe followed
 by ``loop.resume=true`` and a restart of Label Studio mid-round. Every stored label is checked
-against what the annotators gave (scripts/label_studio_live_check.py has the scenario).
-Skipped when the SDK is not installed or the Label Studio venv cannot be created.
+against what the annotators gave (scripts/label_studio_live_check.py has the scenario). A second
+job's round is labelled in Label Studio's own page in headless chromium with the hotkeys, Skip and
+Ctrl+Enter (scripts/label_studio_browser_check.py). Skipped when the SDK is not installed, the Label
+Studio venv cannot be created or (the browser test) chromium or Playwright is missing.
 """
 
 from __future__ import annotations
@@ -60,6 +62,32 @@ def test_three_rounds_through_a_real_label_studio(tmp_path):
         server.stop()
     assert len(checks) >= 9
     assert max(m["latency_s"]) < 60  # generous: a loaded machine; the measured figures are in the docs
+
+
+@pytest.mark.slow
+def test_a_round_labelled_with_hotkeys_in_label_studios_own_page(tmp_path):
+    pytest.importorskip("label_studio_sdk", reason="the SDK is not installed: pip install 'alframe[label-studio]'")
+    browser = _script("label_studio_browser_check")
+    why = browser.missing()
+    if why:
+        pytest.skip(f"the browser check needs chromium and Playwright: {why}")
+    check_script, server = _server(tmp_path)
+    from alframe.data.digits import digits
+
+    checks: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        checks.append(what)
+        assert ok, what
+
+    try:
+        server.wait_up(600)
+        m = browser.run(server, sys.executable, tmp_path / "alframe", digits().targets, check, print,
+                        browser.chromium())
+    finally:
+        server.stop()
+    assert len(checks) >= 15 and len(m["seconds_per_task"]) == browser.QUERY
+    print(f"seconds per task in the browser: {', '.join(f'{v:.2f}' for v in m['seconds_per_task'])}")
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ Behaviour checked against a real Label Studio 1.23.2 server (``make label-studio
 - Choices get Label Studio's default hotkeys 1, 2, ..., 9, 0 in order unless each
   ``<Choice>`` sets its own, so alframe always sets them (:func:`hotkeys`).
 - ``required="true"`` (with ``requiredMessage``) on ``<Choices>`` stops an annotation without a
-  choice from being submitted: documented ``Choices`` parameters (labelstud.io/tags/choices),
-  not yet run through ``make label-studio-check``.
+  choice from being submitted: the labelling page shows the message and sends nothing (checked in
+  chromium by ``scripts/label_studio_browser_check.py``). Pressing the hotkey of the selected
+  choice unselects it; another choice's hotkey replaces it (single choice).
 - The Skip button stores a *cancelled* annotation (``was_cancelled: true``, empty result).
   JSON exports keep it; JSON-MIN leaves the task out (so there a skip looks like a task not
   labelled yet).
