@@ -59,7 +59,7 @@ def one_run(args: list[str], threads: int) -> tuple[float, float]:
     """``(wall s, CPU s of the run's process tree)`` of one ``alframe`` run at ``threads``."""
     with tempfile.TemporaryDirectory(prefix="alframe-threads-") as out:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "alframe", *args, f"trainer.threads={threads}", f"paths.output_root={out}",
+        cmd = [sys.executable, "-m", "alframe.cli", *args, f"trainer.threads={threads}", f"paths.output_root={out}",
                f"hydra.run.dir={out}/run"]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
