@@ -213,6 +213,10 @@ def test_hostile_site_and_a_second_tab_change_nothing(tmp_path):
                 assert on_disk(tmp_path, 1) == given and oracle.session.version == version
                 attacker.goto(f"{site}/frame", wait_until="load")
                 frame = next(f for f in attacker.frames if f != attacker.main_frame)
+                for _ in range(300):  # the refused frame commits its error page after the page's load event
+                    if frame.url:
+                        break
+                    attacker.wait_for_timeout(100)
                 assert frame.url.startswith("chrome-error:") and "alframe" not in frame.content()  # not framed
                 attacker.close()
                 assert on_disk(tmp_path, 1) == given and oracle.session.version == version
