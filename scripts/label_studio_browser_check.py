@@ -28,7 +28,6 @@ Exit status 0 when every check passed (or the check was skipped), 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import re
 import shutil
@@ -250,12 +249,7 @@ def run(server, python: str, out: Path, truth, check, say, browser_exe: str) -> 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--venv", type=Path, default=REPO / ".venv-label-studio", help="Label Studio's own venv")
-    ap.add_argument("--python", default=sys.executable, help="Python with alframe installed")
-    ap.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the server")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
-    args = ap.parse_args()
+    args = lsc.arguments(__doc__).parse_args()
     why = missing()
     if why:
         lsc.say(f"label-studio-check: browser check skipped: {why}")

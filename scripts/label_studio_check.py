@@ -184,13 +184,18 @@ def choice(label: str) -> list[dict]:
     return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every Label Studio check takes (its description: the first paragraph of ``doc``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--venv", type=Path, default=REPO / ".venv-label-studio", help="Label Studio's own venv")
     ap.add_argument("--python", default=sys.executable, help="Python with alframe installed")
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the server")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = arguments(__doc__).parse_args()
 
     import numpy as np
 
