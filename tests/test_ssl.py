@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -401,3 +402,18 @@ def test_run_fingerprint_and_smoke(tmp_path):
     assert base != config_fingerprint(compose([], tmp_path))  # without ssl
     assert apply_smoke(compose(SMALL, tmp_path)).ssl.epochs == 1
     assert "ssl" not in apply_smoke(compose([], tmp_path))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.optimizer.lr=-1", "model.optimizer/model.scheduler (torch.optim.Adam): Invalid learning rate: -1"),
+    ("strategy=bald model.net.dropout=0", "strategy=bald samples MC dropout, but model=frozen has no dropout"),
+])
+def test_what_trains_on_the_features_is_checked_before_the_encoder_is(tmp_path, store, override, message):
+    """A bad head, optimiser or strategy stops the run before the minutes of the SSL step: no
+    encoder trained, nothing in its cache."""
+    from alframe.loop.experiment import run_experiment
+
+    cfg = compose([*SMALL, "model=frozen", "trainer=head", *override.split()], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_experiment(cfg, tmp_path / "runs" / "job")
+    assert not list((tmp_path / "cache").rglob("encoder.pt"))

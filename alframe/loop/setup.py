@@ -4,6 +4,7 @@ saved run of the same data and config)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from alframe.rundir.state import PoolState, RunProgress
 from alframe.strategies.base import QueryStrategy
 from alframe.tracking.run import Tracker, start_run
 from alframe.tracking.store import tracking_uri_of
-from alframe.training.frozen import frozen_data
-from alframe.training.ssl_cache import use_ssl_encoder
-from alframe.training.trainer import device_of
+from alframe.training.frozen import check_no_augment, frozen_data
+from alframe.training.ssl_cache import ssl_feature_shape, use_ssl_encoder
+from alframe.training.trainer import check_training_setup, device_of
 from alframe.version import __version__, source_commit
 
 
@@ -89,7 +90,12 @@ def build_parts(s: Settings, run_dir: Path, resuming: bool) -> Parts:
     s.check_with_data(state.n_pool + state.n_labelled, data.num_classes, data.targets is not None,
                       len(data.val_idx) > 0, data.name)
     # ssl=...: the pool's self-supervised encoder (trained once per data and settings, cached under
-    # ssl.cache_dir) becomes model.backbone, after the fingerprint, before the backbone is built
+    # ssl.cache_dir) becomes model.backbone, after the fingerprint, before the backbone is built;
+    # what trains on its features is checked first, as that step takes minutes
+    shape = ssl_feature_shape(s.raw, data)
+    if shape is not None:
+        check_no_augment(data)
+        check_training_setup(s, dataclasses.replace(data, input_shape=shape), strategy, run_dir)
     use_ssl_encoder(s.raw, data)
     data = frozen_data(s.raw, data, run_dir, device_of(s.raw))  # model.backbone: its features, once per run
     if len(data.input_shape) == 1 and not isinstance(oracle, StoredOracle):

@@ -113,6 +113,13 @@ def _read(path: Path, fps: dict[str, str], n: int, num_classes: int) -> tuple[np
     return x, y
 
 
+def check_no_augment(data: ALData) -> None:
+    """Raises ConfigError: ``dataset.augment`` with a backbone (features are computed once per run)."""
+    if data.train_transform is not None:
+        raise ConfigError("dataset.augment cannot be used with model.backbone: the features are computed once per "
+                          "run, so training images are never augmented; set dataset.augment=null")
+
+
 def frozen_data(cfg: DictConfig, data: ALData, run_dir: Path, device: str | torch.device = "cpu",
                 backbone: FrozenBackbone | None = None) -> ALData:
     """``data`` as the features of ``model.backbone`` (``data`` itself when there is none).
@@ -137,9 +144,7 @@ def frozen_data(cfg: DictConfig, data: ALData, run_dir: Path, device: str | torc
     if not has_backbone(cfg):
         return data
     spec = OmegaConf.to_container(cfg.model.backbone, resolve=True)
-    if data.train_transform is not None:
-        raise ConfigError("dataset.augment cannot be used with model.backbone: the features are computed once per "
-                          "run, so training images are never augmented; set dataset.augment=null")
+    check_no_augment(data)
     if backbone is None:
         backbone = build_backbone(spec, data.num_classes, data.input_shape, data.extras.get("mean"),
                                   data.extras.get("std"))

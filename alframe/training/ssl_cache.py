@@ -221,10 +221,7 @@ def use_ssl_encoder(cfg: DictConfig, data: ALData) -> CachedEncoder | None:
     spec = ssl_spec(cfg)
     if spec is None:
         return None
-    if OmegaConf.select(cfg, "model.backbone", default=None) is None:
-        raise ConfigError(f"ssl={spec.get('method')} trains the backbone of the frozen-feature mode, but "
-                          f"model={OmegaConf.select(cfg, 'model.name')} has no model.backbone: use model=frozen "
-                          "trainer=head")
+    ssl_feature_shape(cfg, data)  # the frozen-feature mode, and an encoder that takes the images
     threads = spec.get("threads") or OmegaConf.select(cfg, "trainer.threads", default=None)
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
     enc = pool_encoder(spec, data, spec["cache_dir"], accelerator, threads)
@@ -232,6 +229,26 @@ def use_ssl_encoder(cfg: DictConfig, data: ALData) -> CachedEncoder | None:
         for key, value in enc.backbone().items():
             cfg.model.backbone[key] = value
     return enc
+
+
+def ssl_feature_shape(cfg: DictConfig, data: ALData) -> tuple[int] | None:
+    """``(D,)``: the shape of the features ``ssl`` will give, from a fresh (untrained) encoder, so
+    that what is trained on them can be checked before the minutes of the self-supervised step;
+    None without ``ssl``.
+
+    Raises:
+        ConfigError: ``ssl`` without ``model.backbone``, or an encoder that cannot take the images.
+    """
+    spec = ssl_spec(cfg)
+    if spec is None:
+        return None
+    if OmegaConf.select(cfg, "model.backbone", default=None) is None:
+        raise ConfigError(f"ssl={spec.get('method')} trains the backbone of the frozen-feature mode, but "
+                          f"model={OmegaConf.select(cfg, 'model.name')} has no model.backbone: use model=frozen "
+                          "trainer=head")
+    net, _, _ = ssl_train.build_encoder(spec, data.num_classes, data.input_shape)
+    with torch.no_grad():
+        return (int(net.eval().embed(torch.zeros(1, *data.input_shape)).shape[1]),)
 
 
 def encoder_features(enc: CachedEncoder, data: ALData, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
