@@ -7,8 +7,8 @@
     strategy picks k pool indices -> oracle labels them -> state.label(...) -> save state
 
 Round 0 trains on the initial labelled set (:func:`~alframe.loop.selection.initial_request`);
-``loop.rounds`` counts the query rounds after it. Round ``r``'s randomness comes from ``(seed, r)`` (:mod:`alframe.training.seeds`): a resumed run
-repeats an uninterrupted one. Per-round extras are round hooks (:mod:`alframe.loop.hooks`).
+``loop.rounds`` counts the query rounds after it. Round ``r``'s randomness comes from
+``(seed, r)`` (:mod:`alframe.training.seeds`): a resumed run repeats an uninterrupted one. Per-round extras are round hooks (:mod:`alframe.loop.hooks`).
 """
 
 from __future__ import annotations

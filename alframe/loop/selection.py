@@ -113,7 +113,7 @@ def query(s, strategy: QueryStrategy, net: ALNet, data: ALData, state: PoolState
     Args:
         s: the run's settings.
         device, spread: where scoring runs (:mod:`alframe.scoring`).
-        k: the batch size instead of ``loop.query_size`` (the initial set: :func:`initial_query`).
+        k: the batch size instead of ``loop.query_size`` (the initial set: :func:`initial_request`).
 
     Returns:
         ``([k] int64 pool indices, {"score_seconds", "query_seconds"}, [k] float acquisition
