@@ -264,3 +264,36 @@ def test_machine_label_table_means_final_values_per_strategy_and_threshold():
     assert (row["count"], row["coverage"], row["accuracy"]) == pytest.approx((20.0, 0.2, 0.9))
     assert np.isnan(table.iloc[1]["accuracy"])  # no machine label kept: accuracy undefined
     assert machine_label_table(runs[2:]) is None
+
+
+def test_a_seed_run_twice_counts_once_with_its_last_run():
+    """A rerun (or a test run) of a seed must not weigh twice: the summary, the curves and the
+    pairwise matrix use the last run of each (strategy, seed), and a note says so."""
+    def run(group, seed, acc, i):
+        return rp.RunCurve(run_id=f"{group}{seed}-{i}", group=group, seed=str(seed), labels=np.array([10, 20]),
+                           accuracy=np.array(acc, dtype=float))
+    runs = [run("random", 0, [0.5, 0.6], 0), run("random", 1, [0.4, 0.7], 0),
+            run("random", 0, [0.1, 0.2], 1),  # an earlier, interrupted attempt of seed 0...
+            run("random", 0, [0.3, 0.5], 2)]  # ...and the run that counts (the last)
+    report = rp.build_report(runs, targets=[0.6])
+    row = report.summary.set_index("group").loc["random"]
+    assert row.n_seeds == 2
+    assert row.final_acc_mean == pytest.approx((0.5 + 0.7) / 2)
+    assert report.curves.n_seeds.tolist() == [2, 2]
+    assert report.curves["mean"].tolist() == pytest.approx([(0.3 + 0.4) / 2, (0.5 + 0.7) / 2])
+    assert "random, seed 0: 3 runs; the report uses the last one" in report.notes
+
+
+def test_summary_shows_the_paired_difference_at_each_budget(tmp_path):
+    """A known shift of +0.1 at every budget over 3 seeds: the by-budget table of summary.md
+    shows +0.100 at each of the budgets."""
+    def run(group, seed, shift):
+        acc = np.array([0.5, 0.6, 0.7]) + 0.01 * seed + shift
+        return rp.RunCurve(run_id=f"{group}{seed}", group=group, seed=str(seed), labels=np.array([10, 20, 30]),
+                           accuracy=acc)
+    runs = [run("random", s, 0.0) for s in range(3)] + [run("margin", s, 0.1) for s in range(3)]
+    rp.write_report(rp.build_report(runs, targets=[0.6]), tmp_path, "shift")
+    text = (tmp_path / "summary.md").read_text()
+    assert "## Paired difference from random by budget" in text
+    row = next(line for line in text.splitlines() if line.startswith("| margin | +0.100"))
+    assert row.count("+0.100 [+0.100, +0.100]") == 3

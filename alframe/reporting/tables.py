@@ -233,10 +233,28 @@ def machine_label_table(runs: Sequence[RunCurve]) -> pd.DataFrame | None:
     return out.sort_values(["group", "threshold"]).reset_index(drop=True)
 
 
+def last_run_per_seed(runs: Sequence[RunCurve], notes: list[str]) -> list[RunCurve]:
+    """One run per (strategy, seed): the last of ``runs`` (listed oldest first), so a rerun or a
+    test run of a seed is not counted twice; runs without a seed tag are all kept. Each seed with
+    several runs gets a line in ``notes``."""
+    keep: dict[tuple, RunCurve] = {}
+    counts: dict[tuple, int] = {}
+    for i, r in enumerate(runs):
+        key = (r.group, str(r.seed)) if str(r.seed) not in ("?", "") else (r.group, "?", i)
+        keep[key] = r
+        counts[key] = counts.get(key, 0) + 1
+    for (group, seed, *_), c in counts.items():
+        if c > 1:
+            notes.append(f"{group}, seed {seed}: {c} runs; the report uses the last one")
+    return list(keep.values())
+
+
 def build_report(runs: Sequence[RunCurve], targets: Sequence[float] = DEFAULT_TARGETS,
                  baseline: str = "random", notes: list[str] | None = None) -> Report:
-    """Compute curves, summary table and pairwise matrix for ``runs`` (see the module doc)."""
+    """Compute curves, summary table and pairwise matrix for ``runs`` (see the module doc), over
+    the last run of each (strategy, seed) (:func:`last_run_per_seed`)."""
     notes = list(notes or [])
+    runs = last_run_per_seed(runs, notes)
     curves = mean_curves(runs)
     summary = summarise(runs, curves, targets, baseline)
     for _, row in summary.iterrows():
