@@ -60,8 +60,7 @@ def build_parts(s: Settings, run_dir: Path, resuming: bool) -> Parts:
     """
     if s.trainer.get("threads") is not None:  # results depend on it: logged as the run's `threads` tag
         torch.set_num_threads(int(s.trainer.threads))
-    data = load_data(s.dataset)
-    strategy = _instance(s.strategy, "strategy", QueryStrategy, "QueryStrategy")
+    strategy = _instance(s.strategy, "strategy", QueryStrategy, "QueryStrategy")  # before the data: refusals are quick
     if s.loop.consistent_dropout is not None and "mc_probs" in strategy.requires:
         try:  # one mask mode for a comparison
             strategy.consistent_dropout = s.loop.consistent_dropout
@@ -72,6 +71,7 @@ def build_parts(s: Settings, run_dir: Path, resuming: bool) -> Parts:
                           "predictions, so it cannot choose the initial set; use a cold-start strategy (random, "
                           "kmeans, typiclust, probcover, or budget_switch starting with one) or "
                           "loop.initial_by_strategy=false")
+    data = load_data(s.dataset)
     oracle = _instance(s.oracle, "oracle", Oracle, "Oracle")
     hooks = [_instance(node, f"hooks.{name}", RoundHook, "RoundHook") for name, node in s.hooks.items()]
     fingerprint, accepted = config_fingerprints(s.raw)

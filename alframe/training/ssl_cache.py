@@ -186,8 +186,9 @@ def pool_encoder(spec: Mapping, data: ALData, cache_dir: str | Path, accelerator
 
 
 def _train_and_write(spec, data, folder: Path, fp: str, parts: dict, accelerator, threads, quiet) -> CachedEncoder:
-    with progress.status(f"ssl: SimCLR on {parts['n_pool']} pool images ({spec.get('epochs')} epochs, once "
-                         "for this data and settings)"):
+    what = f"ssl: SimCLR on {parts['n_pool']} pool images ({spec.get('epochs')} epochs, once for this data and settings)"
+    progress.console.print(f"{what}: a line per epoch follows")  # a spinner alone shows nothing in a log
+    with progress.status(what):
         encoder, info = ssl_train.train_encoder(spec, data, accelerator, threads, quiet)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / ENCODER_FILE
