@@ -297,3 +297,15 @@ def test_summary_shows_the_paired_difference_at_each_budget(tmp_path):
     assert "## Paired difference from random by budget" in text
     row = next(line for line in text.splitlines() if line.startswith("| margin | +0.100"))
     assert row.count("+0.100 [+0.100, +0.100]") == 3
+
+
+def test_printed_into_a_pipe_the_tables_keep_their_rows_whole(capsys):
+    """Not a terminal (a log, a pipe): the tables are laid out wide, so a paired row with its
+    verdict is one line, not words stacked in 80 columns."""
+    def run(group, seed, shift):
+        return rp.RunCurve(run_id=f"{group}{seed}", group=group, seed=str(seed), labels=np.array([10, 20, 30]),
+                           accuracy=np.array([0.5, 0.6, 0.7]) + shift)
+    runs = [run("random", s, 0.0) for s in range(3)] + [run("margin", s, 0.01 * (s - 1)) for s in range(3)]
+    rp.print_report(rp.build_report(runs, targets=[0.6]), "pipe")
+    lines = capsys.readouterr().out.splitlines()
+    assert any("margin" in line and "random" in line and "not distinguishable with 3 seeds" in line for line in lines)

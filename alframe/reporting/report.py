@@ -244,9 +244,22 @@ def curves_links(tracking_uri: str, experiment: str, sweep_id: str | None) -> tu
 
 def print_report(report: Report, title: str, baseline: str = "random") -> None:
     """Print the summary table (and pairwise matrix) to the terminal with rich."""
-    from rich.table import Table
 
     from alframe.progress import console
+
+    # tables lay out to the terminal's width; piped into a file or a log, to one wide enough for them
+    # (rich's print(width=) only narrows, so the console is widened while the report prints)
+    saved = console.width
+    if not console.is_terminal:
+        console.width = max(saved, 200)
+    try:
+        _print_tables(console, report, title, baseline)
+    finally:
+        console.width = saved
+
+
+def _print_tables(console, report: Report, title: str, baseline: str) -> None:
+    from rich.table import Table
 
     table = Table(title=title)
     for c in ("strategy", "seeds", "labels", "final acc", "AUBC"):
@@ -254,7 +267,7 @@ def print_report(report: Report, title: str, baseline: str = "random") -> None:
     disp = display_table(report, baseline)
     for _, row in disp.iterrows():
         table.add_row(row["strategy"], row["seeds"], row["labels"], row["final acc"], row["AUBC"])
-    console.print(table, soft_wrap=False)  # tables lay out to the terminal width
+    console.print(table, soft_wrap=False)
     targets = Table(title=f"labels to reach a test accuracy (savings vs {baseline}, on the mean curves)")
     for c in ("strategy", "target", "per seed: median [q25, q75]", "mean curve", "savings"):
         targets.add_column(c, justify="left" if c == "strategy" else "right")
