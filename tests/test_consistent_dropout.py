@@ -137,8 +137,9 @@ def test_strategy_configs_default_and_option(name, default):
 
 
 @pytest.mark.parametrize("overrides, consistent", [
-    (["strategy=batchbald"], True), (["strategy=bald"], False),
-    (["strategy=bald", "strategy.consistent_dropout=true"], True),
+    # the strategies' own defaults and settings (also known from instantiating them, above): slow
+    pytest.param(["strategy=batchbald"], True, marks=pytest.mark.slow), (["strategy=bald"], False),
+    pytest.param(["strategy=bald", "strategy.consistent_dropout=true"], True, marks=pytest.mark.slow),
     # loop.consistent_dropout sets the mask mode of whichever MC strategy a sweep picks
     (["strategy=bald", "loop.consistent_dropout=true"], True),
     (["strategy=batchbald", "loop.consistent_dropout=false"], False),
