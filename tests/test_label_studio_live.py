@@ -43,10 +43,9 @@ def _server(tmp_path: Path, env: dict | None = None):
                                                   tmp_path / "label-studio.log", env=env)
 
 
-@pytest.mark.slow
-def test_three_rounds_through_a_real_label_studio(tmp_path):
-    check_script, server = _server(tmp_path)
-    live = _script("label_studio_live_check")
+def _scenario(server, tmp_path: Path, run, *extra) -> tuple[list[str], dict]:
+    """Start ``server``, run a check script's scenario ``run(server, python, out, truth, check, say,
+    *extra)`` on digits with every check an assertion, stop the server; ``(checks made, figures)``."""
     from alframe.data.digits import digits
 
     checks: list[str] = []
@@ -57,9 +56,16 @@ def test_three_rounds_through_a_real_label_studio(tmp_path):
 
     try:
         server.wait_up(600)
-        m = live.run(server, sys.executable, tmp_path / "alframe", digits().targets, check, print)
+        return checks, run(server, sys.executable, tmp_path / "alframe", digits().targets, check, print, *extra)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_three_rounds_through_a_real_label_studio(tmp_path):
+    _, server = _server(tmp_path)
+    live = _script("label_studio_live_check")
+    checks, m = _scenario(server, tmp_path, live.run)
     assert len(checks) >= 9
     assert max(m["latency_s"]) < 60  # generous: a loaded machine; the measured figures are in the docs
 
@@ -71,21 +77,8 @@ def test_a_round_labelled_with_hotkeys_in_label_studios_own_page(tmp_path):
     why = browser.missing()
     if why:
         pytest.skip(f"the browser check needs chromium and Playwright: {why}")
-    check_script, server = _server(tmp_path)
-    from alframe.data.digits import digits
-
-    checks: list[str] = []
-
-    def check(ok: bool, what: str) -> None:
-        checks.append(what)
-        assert ok, what
-
-    try:
-        server.wait_up(600)
-        m = browser.run(server, sys.executable, tmp_path / "alframe", digits().targets, check, print,
-                        browser.chromium())
-    finally:
-        server.stop()
+    _, server = _server(tmp_path)
+    checks, m = _scenario(server, tmp_path, browser.run, browser.chromium())
     assert len(checks) >= 15 and len(m["seconds_per_task"]) == browser.QUERY
     print(f"seconds per task in the browser: {', '.join(f'{v:.2f}' for v in m['seconds_per_task'])}")
 
